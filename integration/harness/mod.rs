@@ -1,0 +1,30 @@
+//! Harness for sluice's end-to-end tests and the demo:
+//! - [`Postgres`]: one throwaway PostgreSQL per process, cleaned up when the process exits;
+//!   [`Postgres::create_tenant`] gives each test its own role and database.
+//! - [`SluiceConfig`] / [`Tenant`]: the TOML config of the contract in PRODUCT.md.
+//! - [`Sluice`]: the proxy as a child process, killed on drop.
+//! - [`psql`], [`pgbench`], [`connect`]: clients for any [`Endpoint`] (sluice or PostgreSQL).
+//!
+//! Compiled into two crates — the `integration` test binary and the `demo` example — each
+//! using a different part of it, so unused items and re-exports are expected here.
+#![allow(dead_code)]
+
+mod client;
+mod config;
+mod postgres;
+mod process;
+mod sluice;
+
+#[allow(unused_imports)]
+pub use client::{
+    connect, conninfo, error_text, pgbench, pgbench_init, psql, psql_ok, sqlstate, try_connect,
+    Endpoint, PgbenchSummary,
+};
+#[allow(unused_imports)]
+pub use config::{Admin, Cluster, Defaults, SluiceConfig, Tenant};
+#[allow(unused_imports)]
+pub use postgres::{ident, literal, Postgres, TenantDb};
+#[allow(unused_imports)]
+pub use process::{free_port, poll_until, port_is_free, signal};
+#[allow(unused_imports)]
+pub use sluice::Sluice;

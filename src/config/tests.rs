@@ -1,0 +1,661 @@
+//! Tests of loading, environment overrides and validation. Every test that
+//! loads runs inside `figment::Jail`, which serializes them and restores the
+//! environment, so `SLUICE_*` variables set by one never leak into another.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Jail;
+
+use super::*;
+
+/// One cluster and one tenant: the smallest valid file.
+const MINIMAL: &str = r#"
+[clusters.main]
+host = "db.internal"
+
+[[tenants]]
+database = "acme"
+user = "acme"
+cluster = "main"
+password = "hunter2"
+"#;
+
+/// Runs `f` inside a `figment::Jail`: a fresh current directory, and
+/// environment changes undone afterwards, one jail at a time.
+// The closure's error type is `figment::Error`, fixed by `Jail`.
+#[allow(clippy::result_large_err)]
+fn jailed<T>(f: impl FnOnce(&mut Jail) -> T) -> T {
+    let mut out = None;
+    Jail::expect_with(|jail| {
+        out = Some(f(jail));
+        Ok(())
+    });
+    out.expect("Jail::expect_with ran the closure")
+}
+
+/// Writes `toml` to a file in a fresh jail, sets `env` and loads the file.
+/// Returns the result and the file's path.
+fn load(toml: &str, env: &[(&str, &str)]) -> (Result<Config, ConfigError>, PathBuf) {
+    jailed(|jail| {
+        let path = jail.directory().join("sluice.toml");
+        std::fs::write(&path, toml).expect("jail directory is writable");
+        for (key, value) in env {
+            jail.set_env(key, value);
+        }
+        (Config::load(&path), path)
+    })
+}
+
+fn load_ok(toml: &str, env: &[(&str, &str)]) -> Config {
+    match load(toml, env).0 {
+        Ok(config) => config,
+        Err(e) => panic!("expected a valid config, got:\n{e}"),
+    }
+}
+
+/// The error message, and the path of the file it should name.
+fn load_err(toml: &str, env: &[(&str, &str)]) -> (String, PathBuf) {
+    match load(toml, env) {
+        (Ok(config), _) => panic!("expected an error, got {config:#?}"),
+        (Err(e), path) => (e.to_string(), path),
+    }
+}
+
+/// Asserts that loading fails with a line `<line> (in <file>)`.
+fn assert_file_error(toml: &str, line: &str) {
+    let (message, path) = load_err(toml, &[]);
+    let expected = format!("{line} (in {})", path.display());
+    assert!(
+        message.lines().any(|l| l == expected),
+        "expected a line\n  {expected}\ngot\n  {message}"
+    );
+}
+
+/// Asserts that loading with `env` fails with `<line> (<origin>)`.
+fn assert_env_error(toml: &str, env: &[(&str, &str)], line: &str, origin: &str) {
+    let (message, _) = load_err(toml, env);
+    let expected = format!("{line} ({origin})");
+    assert!(
+        message.lines().any(|l| l == expected),
+        "expected a line\n  {expected}\ngot\n  {message}"
+    );
+}
+
+#[test]
+fn defaults_match_the_documented_values() {
+    let config = load_ok("", &[]);
+    assert_eq!(config.listen, "127.0.0.1:6432");
+    assert_eq!(config.metrics_listen, "127.0.0.1:8067");
+    assert_eq!(config.client_login_timeout, Duration::from_secs(15));
+    assert_eq!(config.shutdown_timeout, Duration::from_secs(30));
+    assert!(config.admins.is_empty() && config.clusters.is_empty() && config.tenants.is_empty());
+    let d = &config.defaults;
+    assert_eq!(d.pool_mode, PoolMode::Transaction);
+    assert_eq!(d.pool_size, 5);
+    assert_eq!(d.min_pool_size, 0);
+    assert_eq!(d.max_client_connections, 1000);
+    assert_eq!(d.query_wait_timeout, Duration::from_secs(30));
+    assert_eq!(d.server_connect_timeout, Duration::from_secs(5));
+    assert_eq!(d.auth_type, AuthType::ScramSha256);
+    assert_eq!(config.defaults, TenantDefaults::default());
+    assert!(Config::default().validate().is_ok());
+}
+
+#[test]
+fn minimal_config_fills_in_cluster_and_tenant_defaults() {
+    let config = load_ok(MINIMAL, &[]);
+    let main = &config.clusters["main"];
+    assert_eq!(
+        (main.host.as_str(), main.port, main.max_server_connections),
+        ("db.internal", 5432, 80)
+    );
+    let t = config.tenants[0].effective(&config.defaults);
+    assert_eq!(t.database, "acme");
+    assert_eq!(t.server_database, "acme");
+    assert_eq!(t.server_user, "acme");
+    assert_eq!(
+        t.server_password.as_ref().map(Secret::expose),
+        Some("hunter2")
+    );
+    assert_eq!(t.pool_size, 5);
+    assert_eq!(t.pool_mode, PoolMode::Transaction);
+}
+
+fn config_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("config")
+}
+
+#[test]
+fn every_example_config_loads_and_validates() {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(config_dir())
+        .expect("config/ exists")
+        .map(|entry| entry.expect("readable config/ entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= 2,
+        "expected sluice.example.toml and minimal.toml, found {files:?}"
+    );
+    for file in &files {
+        if let Err(e) = jailed(|_| Config::load(file)) {
+            panic!("{} does not load:\n{e}", file.display());
+        }
+    }
+}
+
+#[test]
+fn full_example_sets_every_key() {
+    let config = jailed(|_| Config::load(&config_dir().join("sluice.example.toml")))
+        .expect("example is valid");
+    assert_eq!(config.admins[0].user, "sluice_admin");
+    assert_eq!(config.clusters["replica"].port, 5433);
+
+    let acme = config.tenants[0].effective(&config.defaults);
+    assert_eq!(acme.server_database, "acme_prod");
+    assert_eq!(acme.pool_size, 10);
+    assert_eq!(acme.min_pool_size, 2);
+    assert_eq!(acme.max_client_connections, 300);
+    assert_eq!(acme.query_wait_timeout, Duration::from_secs(10));
+    assert_eq!(acme.server_connect_timeout, Duration::from_secs(3));
+
+    let globex = config.tenants[1].effective(&config.defaults);
+    assert_eq!(globex.password.password_kind(), PasswordKind::ScramVerifier);
+    assert_eq!(
+        globex.server_password.as_ref().map(Secret::expose),
+        Some("example-password")
+    );
+    assert_eq!(globex.pool_size, 5, "inherited from [defaults]");
+
+    let replica = config.tenants[2].effective(&config.defaults);
+    assert_eq!(replica.password.password_kind(), PasswordKind::Md5Hash);
+    assert_eq!(
+        (replica.auth_type, replica.pool_mode),
+        (AuthType::Md5, PoolMode::Session)
+    );
+    assert_eq!(
+        (
+            replica.server_database.as_str(),
+            replica.server_user.as_str()
+        ),
+        ("globex", "globex")
+    );
+}
+
+#[test]
+fn effective_settings_without_a_plaintext_password_have_no_server_password() {
+    let toml = MINIMAL.replace(
+        "password = \"hunter2\"",
+        "password = \"md5a3556571e93b0d20722ba62be61e8c2d\"\nauth_type = \"md5\"\nserver_user = \"acme_rw\"",
+    );
+    let config = load_ok(&toml, &[]);
+    let t = config.tenants[0].effective(&config.defaults);
+    assert_eq!(t.server_password, None);
+    assert_eq!(t.server_user, "acme_rw");
+    assert_eq!(t.auth_type, AuthType::Md5);
+}
+
+#[test]
+fn password_kinds_are_recognized_like_postgresql_does() {
+    let kind = |s: &str| Secret(s.to_owned()).password_kind();
+    assert_eq!(kind("hunter2"), PasswordKind::Plaintext);
+    assert_eq!(
+        kind("md5a3556571e93b0d20722ba62be61e8c2d"),
+        PasswordKind::Md5Hash
+    );
+    assert_eq!(
+        kind("md5a3556571e93b0d20722ba62be61e8c2"),
+        PasswordKind::Plaintext,
+        "31 hex digits"
+    );
+    assert_eq!(
+        kind("md5a3556571e93b0d20722ba62be61e8c2g"),
+        PasswordKind::Plaintext,
+        "not hex"
+    );
+    assert_eq!(
+        kind("SCRAM-SHA-256$4096:c2FsdA==$c3RvcmVk:c2VydmVy"),
+        PasswordKind::ScramVerifier
+    );
+    assert!(
+        Secret("SCRAM-SHA-256$4096:c2FsdA==$c3RvcmVk:c2VydmVy".to_owned())
+            .is_well_formed_verifier()
+    );
+    for bad in [
+        "SCRAM-SHA-256$",
+        "SCRAM-SHA-256$0:salt$a:b",
+        "SCRAM-SHA-256$4096:salt$ab",
+        "SCRAM-SHA-256$x:s$a:b",
+    ] {
+        assert!(!Secret(bad.to_owned()).is_well_formed_verifier(), "{bad}");
+    }
+}
+
+#[test]
+fn secrets_are_never_printed() {
+    let toml = format!("{MINIMAL}server_password = \"upstream-pw\"\n[[admins]]\nuser = \"root\"\npassword = \"admin-pw\"\n");
+    let config = load_ok(&toml, &[]);
+    for text in [
+        format!("{config:?}"),
+        format!("{config:#?}"),
+        format!("{:?}", config.tenants[0].effective(&config.defaults)),
+    ] {
+        for secret in ["hunter2", "upstream-pw", "admin-pw"] {
+            assert!(!text.contains(secret), "{secret} printed in:\n{text}");
+        }
+        assert!(text.contains("<redacted>"));
+    }
+    assert_eq!(config.tenants[0].password.to_string(), "<redacted>");
+    assert_eq!(config.tenants[0].password.expose(), "hunter2");
+}
+
+#[test]
+fn missing_file_is_an_error_naming_the_path() {
+    jailed(|jail| {
+        let path = jail.directory().join("nope.toml");
+        let err = Config::load(&path).expect_err("missing file");
+        assert!(matches!(err, ConfigError::Read { .. }));
+        let message = err.to_string();
+        assert!(
+            message.starts_with(&format!("cannot read config file {}: ", path.display())),
+            "{message}"
+        );
+    });
+}
+
+#[test]
+fn unknown_keys_are_errors_naming_key_and_file() {
+    assert_file_error(
+        &format!("lisen = \"0.0.0.0:6432\"\n{MINIMAL}"),
+        "lisen: unknown key, expected one of `listen`, `metrics_listen`, `client_login_timeout`, \
+         `shutdown_timeout`, `admins`, `defaults`, `clusters`, `tenants`",
+    );
+    let (message, _) = load_err("[defaults]\npool_sise = 3\n", &[]);
+    assert!(
+        message.starts_with("defaults.pool_sise: unknown key, expected one of `pool_mode`"),
+        "{message}"
+    );
+    let (message, path) = load_err(&format!("{MINIMAL}pasword = \"x\"\n"), &[]);
+    assert!(
+        message.starts_with("tenants[0].pasword: unknown key"),
+        "{message}"
+    );
+    assert!(
+        message.ends_with(&format!("(in {})", path.display())),
+        "{message}"
+    );
+    let (message, _) = load_err("[clusters.main]\nhost = \"db\"\nhots = \"db\"\n", &[]);
+    assert!(
+        message.starts_with("clusters.main.hots: unknown key"),
+        "{message}"
+    );
+}
+
+#[test]
+fn wrong_types_are_errors_naming_key_and_file() {
+    assert_file_error(
+        "[defaults]\npool_size = \"ten\"\n",
+        "defaults.pool_size: invalid type: found string \"ten\", expected u32",
+    );
+    assert_file_error(
+        "[defaults]\npool_mode = \"sometimes\"\n",
+        "defaults.pool_mode: unknown value `sometimes`, expected `transaction` or `session`",
+    );
+    let (message, _) = load_err("client_login_timeout = \"soon\"\n", &[]);
+    assert!(message.starts_with("client_login_timeout: "), "{message}");
+    assert_file_error(
+        &MINIMAL.replace("host = \"db.internal\"", "host = \"db\"\nport = 70000"),
+        "clusters.main.port: invalid value signed int `70000`, expected u16",
+    );
+    assert_file_error(
+        "tenants = 5\n",
+        "tenants: invalid type: found signed int `5`, expected a sequence",
+    );
+}
+
+#[test]
+fn missing_required_keys_are_named() {
+    assert_file_error(
+        &MINIMAL.replace("cluster = \"main\"\n", ""),
+        "tenants[0].cluster: required key is missing",
+    );
+    assert_file_error(
+        "[clusters.main]\nport = 5432\n",
+        "clusters.main.host: required key is missing",
+    );
+}
+
+#[test]
+fn bad_secret_values_are_not_echoed() {
+    let (message, _) = load_err(&MINIMAL.replace("\"hunter2\"", "1.5"), &[]);
+    assert!(
+        message.starts_with("tenants[0].password: invalid value, expected a string or an integer"),
+        "{message}"
+    );
+    assert!(!message.contains("1.5"), "{message}");
+
+    // A TOML syntax error on a password line: no excerpt of the line.
+    let (message, path) = load_err(&MINIMAL.replace("\"hunter2\"", "\"hunter2"), &[]);
+    assert!(!message.contains("hunter2"), "{message}");
+    assert!(
+        message.starts_with("TOML parse error at line 9"),
+        "{message}"
+    );
+    assert!(
+        message.ends_with(&format!("(in {})", path.display())),
+        "{message}"
+    );
+}
+
+#[test]
+fn integer_passwords_in_toml_are_strings() {
+    let config = load_ok(&MINIMAL.replace("\"hunter2\"", "12345"), &[]);
+    assert_eq!(config.tenants[0].password.expose(), "12345");
+}
+
+#[test]
+fn validation_errors_name_key_and_file() {
+    let tenant = |extra: &str| format!("{MINIMAL}{extra}\n");
+    let cases: Vec<(String, &str)> = vec![
+        (
+            MINIMAL.replace("cluster = \"main\"", "cluster = \"replica\""),
+            "tenants[0].cluster: cluster \"replica\" is not defined (defined: main)",
+        ),
+        (
+            format!("{MINIMAL}\n[[tenants]]\ndatabase = \"acme\"\nuser = \"acme\"\ncluster = \"main\"\npassword = \"x\"\n"),
+            "tenants[1]: database \"acme\" with user \"acme\" is already defined by tenants[0]",
+        ),
+        (
+            MINIMAL.replace("database = \"acme\"", "database = \"sluice\""),
+            "tenants[0].database: \"sluice\" is reserved for the admin console",
+        ),
+        (
+            MINIMAL.replace("database = \"acme\"", "database = \"pgbouncer\""),
+            "tenants[0].database: \"pgbouncer\" is reserved for the admin console",
+        ),
+        (MINIMAL.replace("database = \"acme\"", "database = \"\""), "tenants[0].database: must not be empty"),
+        (MINIMAL.replace("user = \"acme\"", "user = \"\""), "tenants[0].user: must not be empty"),
+        (MINIMAL.replace("\"hunter2\"", "\"\""), "tenants[0].password: must not be empty"),
+        (tenant("server_database = \"\""), "tenants[0].server_database: must not be empty"),
+        (tenant("server_user = \"\""), "tenants[0].server_user: must not be empty"),
+        (tenant("server_password = \"\""), "tenants[0].server_password: must not be empty"),
+        (
+            tenant("server_password = \"SCRAM-SHA-256$4096:c2FsdA==$c3RvcmVk:c2VydmVy\""),
+            "tenants[0].server_password: must be the plaintext password: a SCRAM verifier cannot log in",
+        ),
+        (format!("[defaults]\npool_size = 0\n{MINIMAL}"), "defaults.pool_size: must be at least 1"),
+        (tenant("pool_size = 0"), "tenants[0].pool_size: must be at least 1"),
+        (
+            format!("[defaults]\nmin_pool_size = 6\n{MINIMAL}"),
+            "defaults.min_pool_size: 6 is larger than pool_size 5",
+        ),
+        (tenant("min_pool_size = 6"), "tenants[0].min_pool_size: min_pool_size 6 is larger than pool_size 5"),
+        (
+            format!("[defaults]\nmin_pool_size = 3\n{}", tenant("pool_size = 2")),
+            "tenants[0].pool_size: min_pool_size 3 is larger than pool_size 2",
+        ),
+        (
+            format!("[defaults]\nmax_client_connections = 0\n{MINIMAL}"),
+            "defaults.max_client_connections: must be at least 1",
+        ),
+        (tenant("max_client_connections = 0"), "tenants[0].max_client_connections: must be at least 1"),
+        (
+            MINIMAL.replace("host = \"db.internal\"", "host = \"db\"\nmax_server_connections = 0"),
+            "clusters.main.max_server_connections: must be at least 1",
+        ),
+        (
+            format!("{}[defaults]\nmin_pool_size = 2\n", tenant("[[tenants]]\ndatabase = \"b\"\nuser = \"b\"\ncluster = \"main\"\npassword = \"x\"")).replace("host = \"db.internal\"", "host = \"db\"\nmax_server_connections = 3"),
+            "clusters.main.max_server_connections: 3 is less than 4, the sum of its tenants' min_pool_size",
+        ),
+        (MINIMAL.replace("host = \"db.internal\"", "host = \"\""), "clusters.main.host: must not be empty"),
+        (MINIMAL.replace("host = \"db.internal\"", "host = \"db\"\nport = 0"), "clusters.main.port: must not be 0"),
+        (format!("client_login_timeout = \"0s\"\n{MINIMAL}"), "client_login_timeout: must be greater than 0"),
+        (format!("shutdown_timeout = \"0ms\"\n{MINIMAL}"), "shutdown_timeout: must be greater than 0"),
+        (
+            format!("[defaults]\nquery_wait_timeout = \"0s\"\n{MINIMAL}"),
+            "defaults.query_wait_timeout: must be greater than 0",
+        ),
+        (
+            format!("[defaults]\nserver_connect_timeout = \"0s\"\n{MINIMAL}"),
+            "defaults.server_connect_timeout: must be greater than 0",
+        ),
+        (tenant("query_wait_timeout = \"0s\""), "tenants[0].query_wait_timeout: must be greater than 0"),
+        (tenant("server_connect_timeout = \"0s\""), "tenants[0].server_connect_timeout: must be greater than 0"),
+        (
+            format!("listen = \"localhost\"\n{MINIMAL}"),
+            "listen: \"localhost\" is not host:port (IPv6 hosts in brackets: [::1]:6432)",
+        ),
+        (
+            format!("metrics_listen = \"::1:8067\"\n{MINIMAL}"),
+            "metrics_listen: \"::1:8067\" is not host:port (IPv6 hosts in brackets: [::1]:6432)",
+        ),
+        (
+            format!("listen = \"0.0.0.0:http\"\n{MINIMAL}"),
+            "listen: \"0.0.0.0:http\" is not host:port (IPv6 hosts in brackets: [::1]:6432)",
+        ),
+        (
+            format!("{MINIMAL}[[admins]]\nuser = \"\"\npassword = \"x\"\n"),
+            "admins[0].user: must not be empty",
+        ),
+        (
+            format!("{MINIMAL}[[admins]]\nuser = \"root\"\npassword = \"\"\n"),
+            "admins[0].password: must not be empty",
+        ),
+        (
+            format!("{MINIMAL}[[admins]]\nuser = \"root\"\npassword = \"a\"\n[[admins]]\nuser = \"root\"\npassword = \"b\"\n"),
+            "admins[1].user: admin \"root\" is already defined by admins[0]",
+        ),
+        (
+            format!("{MINIMAL}[[admins]]\nuser = \"root\"\npassword = \"SCRAM-SHA-256$4096:c2FsdA==\"\n"),
+            "admins[0].password: starts like a SCRAM-SHA-256 verifier but is not \
+             SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>",
+        ),
+        (
+            MINIMAL.replace("\"hunter2\"", "\"md5a3556571e93b0d20722ba62be61e8c2d\""),
+            "tenants[0].password: an md5 hash cannot check a SCRAM-SHA-256 login (auth_type is \
+             \"scram-sha-256\"); give the plaintext password or change auth_type",
+        ),
+        (
+            format!(
+                "[defaults]\nauth_type = \"md5\"\n{}",
+                MINIMAL.replace("\"hunter2\"", "\"SCRAM-SHA-256$4096:c2FsdA==$c3RvcmVk:c2VydmVy\"")
+            ),
+            "tenants[0].password: a SCRAM-SHA-256 verifier cannot check an md5 login (auth_type is \
+             \"md5\"); give the plaintext password or change auth_type",
+        ),
+    ];
+    for (toml, line) in cases {
+        assert_file_error(&toml, line);
+    }
+}
+
+#[test]
+fn valid_addresses_pass() {
+    for addr in [
+        "0.0.0.0:6432",
+        "[::1]:6432",
+        "localhost:0",
+        "db-1.internal:5432",
+    ] {
+        let config = load_ok(&format!("listen = \"{addr}\"\n"), &[]);
+        assert_eq!(config.listen, addr);
+    }
+}
+
+#[test]
+fn all_validation_problems_are_reported_together() {
+    let toml = format!(
+        "[defaults]\npool_size = 0\n{}",
+        MINIMAL.replace("cluster = \"main\"", "cluster = \"x\"")
+    );
+    let (message, _) = load_err(&toml, &[]);
+    assert_eq!(message.lines().count(), 2, "{message}");
+    assert!(
+        message.contains("defaults.pool_size: must be at least 1"),
+        "{message}"
+    );
+    assert!(
+        message.contains("tenants[0].cluster: cluster \"x\" is not defined"),
+        "{message}"
+    );
+}
+
+#[test]
+fn env_overrides_top_level_nested_and_cluster_keys() {
+    let config = load_ok(
+        MINIMAL,
+        &[
+            ("SLUICE_LISTEN", "0.0.0.0:6432"),
+            ("SLUICE_SHUTDOWN_TIMEOUT", "500ms"),
+            ("SLUICE_DEFAULTS__POOL_SIZE", "10"),
+            ("SLUICE_DEFAULTS__POOL_MODE", "session"),
+            ("SLUICE_CLUSTERS__MAIN__PORT", "5433"),
+        ],
+    );
+    assert_eq!(config.listen, "0.0.0.0:6432");
+    assert_eq!(config.shutdown_timeout, Duration::from_millis(500));
+    assert_eq!(config.defaults.pool_size, 10);
+    assert_eq!(config.defaults.pool_mode, PoolMode::Session);
+    assert_eq!(
+        config.defaults.max_client_connections, 1000,
+        "siblings keep their values"
+    );
+    let main = &config.clusters["main"];
+    assert_eq!(
+        (main.host.as_str(), main.port),
+        ("db.internal", 5433),
+        "host from the file"
+    );
+}
+
+#[test]
+fn env_prefix_is_case_insensitive() {
+    let config = load_ok(MINIMAL, &[("sluice_defaults__pool_size", "7")]);
+    assert_eq!(config.defaults.pool_size, 7);
+}
+
+#[test]
+fn sluice_log_is_not_a_config_key() {
+    let config = load_ok(MINIMAL, &[("SLUICE_LOG", "debug")]);
+    assert_eq!(config.listen, "127.0.0.1:6432");
+}
+
+#[test]
+fn env_defines_a_new_cluster() {
+    let config = load_ok(
+        MINIMAL,
+        &[
+            ("SLUICE_CLUSTERS__REPLICA__HOST", "ro.internal"),
+            ("SLUICE_TENANTS__0__CLUSTER", "replica"),
+        ],
+    );
+    assert_eq!(config.clusters["replica"].host, "ro.internal");
+    assert_eq!(config.clusters["replica"].port, 5432);
+    assert_eq!(config.tenants[0].cluster, "replica");
+}
+
+#[test]
+fn env_overrides_tenant_and_admin_entries_by_index() {
+    let toml = format!("{MINIMAL}[[admins]]\nuser = \"root\"\npassword = \"from-file\"\n");
+    let config = load_ok(
+        &toml,
+        &[
+            ("SLUICE_TENANTS__0__PASSWORD", "from-env"),
+            ("SLUICE_TENANTS__0__POOL_SIZE", "3"),
+            ("SLUICE_ADMINS__0__PASSWORD", "admin-from-env"),
+        ],
+    );
+    let t = &config.tenants[0];
+    assert_eq!(
+        (t.database.as_str(), t.password.expose(), t.pool_size),
+        ("acme", "from-env", Some(3))
+    );
+    assert_eq!(config.admins[0].user, "root");
+    assert_eq!(config.admins[0].password.expose(), "admin-from-env");
+}
+
+#[test]
+fn numeric_secrets_from_env_keep_their_exact_text() {
+    for value in ["12345", "007", "1.50", "true", "[x]", " padded "] {
+        let config = load_ok(MINIMAL, &[("SLUICE_TENANTS__0__PASSWORD", value)]);
+        assert_eq!(config.tenants[0].password.expose(), value);
+    }
+}
+
+#[test]
+fn env_defines_whole_entries() {
+    let config = load_ok(
+        MINIMAL,
+        &[
+            ("SLUICE_TENANTS__1__DATABASE", "beta"),
+            ("SLUICE_TENANTS__1__USER", "123"),
+            ("SLUICE_TENANTS__1__CLUSTER", "main"),
+            ("SLUICE_TENANTS__1__PASSWORD", "pw"),
+            ("SLUICE_ADMINS__0__USER", "ops"),
+            ("SLUICE_ADMINS__0__PASSWORD", "ops-pw"),
+        ],
+    );
+    assert_eq!(config.tenants.len(), 2);
+    assert_eq!(
+        (
+            config.tenants[1].database.as_str(),
+            config.tenants[1].user.as_str()
+        ),
+        ("beta", "123")
+    );
+    assert_eq!(config.admins[0].user, "ops");
+}
+
+#[test]
+fn env_errors_name_the_variable() {
+    assert_env_error(
+        MINIMAL,
+        &[("SLUICE_DEFAULTS__POOL_SIZE", "ten")],
+        "defaults.pool_size: invalid type: found string \"ten\", expected u32",
+        "from environment variable SLUICE_DEFAULTS__POOL_SIZE",
+    );
+    assert_env_error(
+        MINIMAL,
+        &[("SLUICE_DEFAULTS__POOLSIZE", "10")],
+        "defaults.poolsize: unknown key, expected one of `pool_mode`, `pool_size`, `min_pool_size`, \
+         `max_client_connections`, `query_wait_timeout`, `server_connect_timeout`, `auth_type`",
+        "from environment variable SLUICE_DEFAULTS__POOLSIZE",
+    );
+    assert_env_error(
+        MINIMAL,
+        &[("SLUICE_DEFAULTS__POOL_SIZE", "0")],
+        "defaults.pool_size: must be at least 1",
+        "from environment variable SLUICE_DEFAULTS__POOL_SIZE",
+    );
+    assert_env_error(
+        MINIMAL,
+        &[("SLUICE_TENANTS__0__PASSWORD", "")],
+        "tenants[0].password: must not be empty",
+        "from environment variable SLUICE_TENANTS__0__PASSWORD",
+    );
+    assert_env_error(
+        MINIMAL,
+        &[("SLUICE_TENANTS__FIRST__PASSWORD", "x")],
+        "tenants.first.password: `first` is not an array index",
+        "from environment variable SLUICE_TENANTS__FIRST__PASSWORD",
+    );
+    assert_env_error(
+        MINIMAL,
+        &[("SLUICE_CLUSTERS__REPLICA__PORT", "5433")],
+        "clusters.replica.host: required key is missing",
+        "in an entry made by environment variables",
+    );
+    // The file's own errors still name the file when env touches the array.
+    let (message, path) = load_err(
+        &MINIMAL.replace(
+            "password = \"hunter2\"",
+            "password = \"hunter2\"\npool_size = \"x\"",
+        ),
+        &[("SLUICE_TENANTS__0__USER", "other")],
+    );
+    assert!(
+        message.ends_with(&format!("(in {})", path.display())),
+        "{message}"
+    );
+}

@@ -1,0 +1,298 @@
+//! `Config::validate`: the rules a parsed configuration must follow before
+//! sluice serves with it. All problems are reported at once, each naming its
+//! key and where the value came from.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::error::{Problem, Problems};
+use super::{AuthType, Config, ConfigError, Origin, PasswordKind, Secret, TenantConfig};
+
+/// Database names that reach the admin console instead of a tenant.
+const RESERVED_DATABASES: [&str; 2] = ["sluice", "pgbouncer"];
+
+impl Config {
+    /// Checks the rules no type can express: references between sections,
+    /// uniqueness, ranges, address syntax, and that passwords suit the
+    /// authentication they are used with. [`Config::load`] calls it; call it
+    /// again only for a configuration built in code.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut check = Checker {
+            origin: &self.origin,
+            problems: Vec::new(),
+        };
+        check.top_level(self);
+        check.admins(self);
+        check.defaults(self);
+        check.clusters(self);
+        for (i, tenant) in self.tenants.iter().enumerate() {
+            check.tenant(self, i, tenant);
+        }
+        check.unique_tenants(self);
+        check.cluster_budgets(self);
+        if check.problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(Problems(check.problems)))
+        }
+    }
+}
+
+/// Collects problems while walking the configuration.
+struct Checker<'a> {
+    origin: &'a Origin,
+    problems: Vec<Problem>,
+}
+
+impl Checker<'_> {
+    fn fail(&mut self, path: &[&str], message: String) {
+        let path: Vec<String> = path.iter().map(|s| (*s).to_owned()).collect();
+        let source = self.origin.source_of(&path);
+        self.problems.push(Problem::new(&path, message, &source));
+    }
+
+    fn non_empty(&mut self, path: &[&str], value: &str) {
+        if value.is_empty() {
+            self.fail(path, "must not be empty".to_owned());
+        }
+    }
+
+    fn at_least_one(&mut self, path: &[&str], value: u32) {
+        if value == 0 {
+            self.fail(path, "must be at least 1".to_owned());
+        }
+    }
+
+    fn positive(&mut self, path: &[&str], value: Duration) {
+        if value.is_zero() {
+            self.fail(path, "must be greater than 0".to_owned());
+        }
+    }
+
+    fn address(&mut self, path: &[&str], value: &str) {
+        if let Err(message) = check_address(value) {
+            self.fail(path, message);
+        }
+    }
+
+    /// A SCRAM verifier must at least have PostgreSQL's shape.
+    fn verifier_shape(&mut self, path: &[&str], secret: &Secret) {
+        if secret.password_kind() == PasswordKind::ScramVerifier
+            && !secret.is_well_formed_verifier()
+        {
+            self.fail(
+                path,
+                "starts like a SCRAM-SHA-256 verifier but is not \
+                 SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>"
+                    .to_owned(),
+            );
+        }
+    }
+
+    fn top_level(&mut self, config: &Config) {
+        self.address(&["listen"], &config.listen);
+        self.address(&["metrics_listen"], &config.metrics_listen);
+        self.positive(&["client_login_timeout"], config.client_login_timeout);
+        self.positive(&["shutdown_timeout"], config.shutdown_timeout);
+    }
+
+    fn admins(&mut self, config: &Config) {
+        let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+        for (index, admin) in config.admins.iter().enumerate() {
+            let i = index.to_string();
+            self.non_empty(&["admins", &i, "user"], &admin.user);
+            self.non_empty(&["admins", &i, "password"], admin.password.expose());
+            self.verifier_shape(&["admins", &i, "password"], &admin.password);
+            if let Some(&first) = seen.get(admin.user.as_str()) {
+                let message = format!(
+                    "admin \"{}\" is already defined by admins[{first}]",
+                    admin.user
+                );
+                self.fail(&["admins", &i, "user"], message);
+            } else {
+                seen.insert(&admin.user, index);
+            }
+        }
+    }
+
+    fn defaults(&mut self, config: &Config) {
+        let d = &config.defaults;
+        self.at_least_one(&["defaults", "pool_size"], d.pool_size);
+        if d.min_pool_size > d.pool_size {
+            let message = format!(
+                "{} is larger than pool_size {}",
+                d.min_pool_size, d.pool_size
+            );
+            self.fail(&["defaults", "min_pool_size"], message);
+        }
+        self.at_least_one(
+            &["defaults", "max_client_connections"],
+            d.max_client_connections,
+        );
+        self.positive(&["defaults", "query_wait_timeout"], d.query_wait_timeout);
+        self.positive(
+            &["defaults", "server_connect_timeout"],
+            d.server_connect_timeout,
+        );
+    }
+
+    fn clusters(&mut self, config: &Config) {
+        for (name, cluster) in &config.clusters {
+            if name.is_empty() {
+                self.fail(&["clusters"], "a cluster name must not be empty".to_owned());
+            }
+            self.non_empty(&["clusters", name, "host"], &cluster.host);
+            if cluster.port == 0 {
+                self.fail(&["clusters", name, "port"], "must not be 0".to_owned());
+            }
+            self.at_least_one(
+                &["clusters", name, "max_server_connections"],
+                cluster.max_server_connections,
+            );
+        }
+    }
+
+    fn tenant(&mut self, config: &Config, i: usize, tenant: &TenantConfig) {
+        let i = i.to_string();
+        let key = |field: &'static str| ["tenants", i.as_str(), field];
+
+        self.non_empty(&key("database"), &tenant.database);
+        if RESERVED_DATABASES.contains(&tenant.database.as_str()) {
+            let message = format!("\"{}\" is reserved for the admin console", tenant.database);
+            self.fail(&key("database"), message);
+        }
+        self.non_empty(&key("user"), &tenant.user);
+        self.non_empty(&key("password"), tenant.password.expose());
+        self.verifier_shape(&key("password"), &tenant.password);
+        if !config.clusters.contains_key(&tenant.cluster) {
+            let defined: Vec<&str> = config.clusters.keys().map(String::as_str).collect();
+            let defined = if defined.is_empty() {
+                "no clusters are defined".to_owned()
+            } else {
+                format!("defined: {}", defined.join(", "))
+            };
+            let message = format!("cluster \"{}\" is not defined ({defined})", tenant.cluster);
+            self.fail(&key("cluster"), message);
+        }
+
+        if let Some(server_database) = &tenant.server_database {
+            self.non_empty(&key("server_database"), server_database);
+        }
+        if let Some(server_user) = &tenant.server_user {
+            self.non_empty(&key("server_user"), server_user);
+        }
+        if let Some(server_password) = &tenant.server_password {
+            self.non_empty(&key("server_password"), server_password.expose());
+            if server_password.password_kind() == PasswordKind::ScramVerifier {
+                let message = "must be the plaintext password: a SCRAM verifier cannot log in";
+                self.fail(&key("server_password"), message.to_owned());
+            }
+        }
+
+        if let Some(pool_size) = tenant.pool_size {
+            self.at_least_one(&key("pool_size"), pool_size);
+        }
+        if let Some(max) = tenant.max_client_connections {
+            self.at_least_one(&key("max_client_connections"), max);
+        }
+        if let Some(timeout) = tenant.query_wait_timeout {
+            self.positive(&key("query_wait_timeout"), timeout);
+        }
+        if let Some(timeout) = tenant.server_connect_timeout {
+            self.positive(&key("server_connect_timeout"), timeout);
+        }
+
+        let settings = tenant.effective(&config.defaults);
+        if settings.min_pool_size > settings.pool_size {
+            // Name the key this tenant set; with neither overridden,
+            // `defaults` has already been reported.
+            let field = match (tenant.min_pool_size, tenant.pool_size) {
+                (Some(_), _) => Some("min_pool_size"),
+                (None, Some(_)) => Some("pool_size"),
+                (None, None) => None,
+            };
+            if let Some(field) = field {
+                let message = format!(
+                    "min_pool_size {} is larger than pool_size {}",
+                    settings.min_pool_size, settings.pool_size
+                );
+                self.fail(&key(field), message);
+            }
+        }
+
+        let mismatch = match (settings.auth_type, settings.password.password_kind()) {
+            (AuthType::ScramSha256, PasswordKind::Md5Hash) => {
+                Some("an md5 hash cannot check a SCRAM-SHA-256 login")
+            }
+            (AuthType::Md5, PasswordKind::ScramVerifier) => {
+                Some("a SCRAM-SHA-256 verifier cannot check an md5 login")
+            }
+            _ => None,
+        };
+        if let Some(mismatch) = mismatch {
+            let auth_type = match settings.auth_type {
+                AuthType::ScramSha256 => "scram-sha-256",
+                AuthType::Md5 => "md5",
+            };
+            let message = format!(
+                "{mismatch} (auth_type is \"{auth_type}\"); give the plaintext password or change auth_type"
+            );
+            self.fail(&key("password"), message);
+        }
+    }
+
+    fn unique_tenants(&mut self, config: &Config) {
+        let mut seen: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+        for (i, tenant) in config.tenants.iter().enumerate() {
+            let pair = (tenant.database.as_str(), tenant.user.as_str());
+            if let Some(&first) = seen.get(&pair) {
+                let message = format!(
+                    "database \"{}\" with user \"{}\" is already defined by tenants[{first}]",
+                    tenant.database, tenant.user
+                );
+                self.fail(&["tenants", &i.to_string()], message);
+            } else {
+                seen.insert(pair, i);
+            }
+        }
+    }
+
+    /// The tenants' `min_pool_size` must fit in their cluster's budget,
+    /// or the pools would take connections from each other forever.
+    fn cluster_budgets(&mut self, config: &Config) {
+        let mut reserved: BTreeMap<&str, u64> = BTreeMap::new();
+        for tenant in &config.tenants {
+            let min = tenant
+                .min_pool_size
+                .unwrap_or(config.defaults.min_pool_size);
+            *reserved.entry(tenant.cluster.as_str()).or_default() += u64::from(min);
+        }
+        for (name, cluster) in &config.clusters {
+            let total = reserved.get(name.as_str()).copied().unwrap_or(0);
+            if total > u64::from(cluster.max_server_connections) {
+                let message = format!(
+                    "{} is less than {total}, the sum of its tenants' min_pool_size",
+                    cluster.max_server_connections
+                );
+                self.fail(&["clusters", name, "max_server_connections"], message);
+            }
+        }
+    }
+}
+
+/// `host:port` with a numeric port; an IPv6 host needs brackets.
+fn check_address(value: &str) -> Result<(), String> {
+    if value.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let invalid = || format!("\"{value}\" is not host:port (IPv6 hosts in brackets: [::1]:6432)");
+    let (host, port) = value.rsplit_once(':').ok_or_else(invalid)?;
+    let host_ok =
+        !host.is_empty() && !host.contains([':', '[', ']']) && !host.contains(char::is_whitespace);
+    if host_ok && port.parse::<u16>().is_ok() {
+        Ok(())
+    } else {
+        Err(invalid())
+    }
+}

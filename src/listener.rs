@@ -1,0 +1,60 @@
+//! The client-facing listener: accepts connections, runs one session task per client,
+//! and on shutdown stops accepting and waits (bounded) for sessions to finish.
+
+use crate::session::{self, SessionConfig};
+use crate::tenant::Tenants;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+/// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// What every session shares.
+pub struct Shared {
+    pub tenants: Tenants,
+    pub session: SessionConfig,
+}
+
+/// Accepts clients until `shutdown` resolves, then waits up to `drain_timeout` for the
+/// sessions already running.
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    shutdown: impl std::future::Future<Output = ()>,
+    drain_timeout: Duration,
+) {
+    // Each session holds a sender; when all are dropped, `recv` returns None.
+    let (alive, mut all_done) = mpsc::channel::<()>(1);
+    let next_id = AtomicU64::new(1);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let shared = shared.clone();
+                    let alive = alive.clone();
+                    let id = next_id.fetch_add(1, Ordering::Relaxed);
+                    tokio::spawn(async move {
+                        session::serve(stream, peer, id, &shared.tenants, &shared.session).await;
+                        drop(alive);
+                    });
+                }
+                Err(e) => {
+                    error!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                }
+            },
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    drop(alive);
+    info!("stopped accepting clients; waiting for sessions to finish");
+    if tokio::time::timeout(drain_timeout, all_done.recv()).await.is_err() {
+        warn!(?drain_timeout, "sessions still open at shutdown; closing them");
+    }
+}

@@ -1,0 +1,214 @@
+//! Opening a server connection: TCP, startup packet, authentication as the tenant's role
+//! (SCRAM-SHA-256, md5 or cleartext, whichever the server asks for), then the server's
+//! ParameterStatus set and BackendKeyData up to the first ReadyForQuery.
+
+use super::{ServerConn, SERVER_READ_CHUNK};
+use crate::wire::{flush, read_message, ReadError};
+use bytes::BytesMut;
+use sluice_protocol::backend::{self, AuthRequest};
+use sluice_protocol::frame::MAX_LOGIN_MESSAGE_LEN;
+use sluice_protocol::frontend;
+use sluice_protocol::md5::md5_client_response;
+use sluice_protocol::scram::ScramClient;
+use sluice_protocol::startup::{encode_startup, CancelKey};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+
+/// Where and as whom a tenant's server connections log in.
+#[derive(Clone)]
+pub struct ServerTarget {
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub user: String,
+    /// Plaintext password for the server login; `None` works only with `trust`.
+    pub password: Option<String>,
+    pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for ServerTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}:{}/{}", self.user, self.host, self.port, self.database)
+    }
+}
+
+/// Why a server connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("could not connect to {target:?}: {source}")]
+    Io {
+        target: ServerTarget,
+        source: std::io::Error,
+    },
+    #[error("connecting to {0:?} timed out")]
+    Timeout(ServerTarget),
+    #[error("server refused login: {message} (SQLSTATE {code})")]
+    Rejected { code: String, message: String },
+    #[error("server asks for a password but none is configured for this tenant")]
+    NoPassword,
+    #[error("server asks for an unsupported authentication method ({0})")]
+    UnsupportedAuth(String),
+    #[error("server login failed: {0}")]
+    Protocol(String),
+    #[error("the cluster's connection budget is closed")]
+    BudgetClosed,
+}
+
+impl From<ReadError> for ConnectError {
+    fn from(e: ReadError) -> Self {
+        ConnectError::Protocol(e.to_string())
+    }
+}
+
+impl From<std::io::Error> for ConnectError {
+    fn from(e: std::io::Error) -> Self {
+        ConnectError::Protocol(e.to_string())
+    }
+}
+
+/// Opens and authenticates one server connection, within `target.connect_timeout`.
+pub async fn connect(
+    target: &ServerTarget,
+    budget: OwnedSemaphorePermit,
+) -> Result<ServerConn, ConnectError> {
+    match tokio::time::timeout(target.connect_timeout, login(target, budget)).await {
+        Ok(result) => result,
+        Err(_) => Err(ConnectError::Timeout(target.clone())),
+    }
+}
+
+async fn login(
+    target: &ServerTarget,
+    budget: OwnedSemaphorePermit,
+) -> Result<ServerConn, ConnectError> {
+    let mut stream = TcpStream::connect((target.host.as_str(), target.port))
+        .await
+        .map_err(|source| ConnectError::Io {
+            target: target.clone(),
+            source,
+        })?;
+    stream.set_nodelay(true)?;
+    let addr = stream.peer_addr()?;
+
+    let mut out = BytesMut::with_capacity(256);
+    encode_startup(
+        &mut out,
+        &[("user", &target.user), ("database", &target.database)],
+    );
+    flush(&mut stream, &mut out).await?;
+
+    let mut buf = BytesMut::with_capacity(SERVER_READ_CHUNK);
+    authenticate(&mut stream, &mut buf, &mut out, target).await?;
+
+    let mut parameters = BytesMut::new();
+    let mut cancel_key = None;
+    loop {
+        let (tag, body) = read_message(&mut stream, &mut buf, MAX_LOGIN_MESSAGE_LEN).await?;
+        match tag {
+            b'S' => {
+                let (name, value) = backend::parse_parameter_status(&body).map_err(protocol)?;
+                backend::encode_parameter_status(&mut parameters, name, value);
+            }
+            b'K' => cancel_key = Some(backend::parse_backend_key_data(&body).map_err(protocol)?),
+            b'Z' => break,
+            b'E' => return Err(rejected(&body)),
+            b'N' => {}
+            other => {
+                return Err(ConnectError::Protocol(format!(
+                    "unexpected message '{}' during login",
+                    other.escape_ascii()
+                )))
+            }
+        }
+    }
+    let cancel_key: CancelKey = cancel_key
+        .ok_or_else(|| ConnectError::Protocol("server sent no BackendKeyData".into()))?;
+    Ok(ServerConn {
+        stream,
+        read_buf: buf,
+        cancel_key,
+        addr,
+        parameters: parameters.freeze(),
+        _budget: budget,
+    })
+}
+
+async fn authenticate(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    out: &mut BytesMut,
+    target: &ServerTarget,
+) -> Result<(), ConnectError> {
+    let mut scram: Option<ScramClient> = None;
+    loop {
+        let (tag, body) = read_message(stream, buf, MAX_LOGIN_MESSAGE_LEN).await?;
+        match tag {
+            b'R' => {}
+            b'E' => return Err(rejected(&body)),
+            other => {
+                return Err(ConnectError::Protocol(format!(
+                    "expected an authentication request, got '{}'",
+                    other.escape_ascii()
+                )))
+            }
+        }
+        match backend::parse_auth_request(&body).map_err(protocol)? {
+            AuthRequest::Ok => return Ok(()),
+            AuthRequest::Cleartext => {
+                let password = target.password.as_deref().ok_or(ConnectError::NoPassword)?;
+                frontend::encode_password(out, password.as_bytes());
+            }
+            AuthRequest::Md5 { salt } => {
+                let password = target.password.as_deref().ok_or(ConnectError::NoPassword)?;
+                let response = md5_client_response(&target.user, password, salt);
+                frontend::encode_password(out, response.as_bytes());
+            }
+            AuthRequest::Sasl { mechanisms } => {
+                if !mechanisms.contains(&"SCRAM-SHA-256") {
+                    return Err(ConnectError::UnsupportedAuth(format!(
+                        "SASL mechanisms {mechanisms:?}"
+                    )));
+                }
+                let password = target.password.as_deref().ok_or(ConnectError::NoPassword)?;
+                let client = ScramClient::new(password, &crate::random::bytes::<18>());
+                frontend::encode_sasl_initial_response(out, "SCRAM-SHA-256", &client.client_first());
+                scram = Some(client);
+            }
+            AuthRequest::SaslContinue(data) => {
+                let client = scram
+                    .as_mut()
+                    .ok_or_else(|| ConnectError::Protocol("SASLContinue before SASL".into()))?;
+                let reply = client.server_first(data).map_err(protocol)?;
+                frontend::encode_sasl_response(out, &reply);
+            }
+            AuthRequest::SaslFinal(data) => {
+                let client = scram
+                    .as_mut()
+                    .ok_or_else(|| ConnectError::Protocol("SASLFinal before SASL".into()))?;
+                client.server_final(data).map_err(protocol)?;
+                continue;
+            }
+            AuthRequest::Unsupported(code) => {
+                return Err(ConnectError::UnsupportedAuth(format!(
+                    "authentication request code {code}"
+                )))
+            }
+        }
+        flush(stream, out).await?;
+    }
+}
+
+fn rejected(body: &[u8]) -> ConnectError {
+    match backend::parse_error_fields(body) {
+        Ok(fields) => ConnectError::Rejected {
+            code: fields.code.into_owned(),
+            message: fields.message.into_owned(),
+        },
+        Err(e) => protocol(e),
+    }
+}
+
+fn protocol(e: impl std::fmt::Display) -> ConnectError {
+    ConnectError::Protocol(e.to_string())
+}

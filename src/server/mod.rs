@@ -1,0 +1,49 @@
+//! Server connections: one authenticated TCP connection to PostgreSQL, logged in as a
+//! tenant's own role, owned by that tenant's pool.
+//!
+//! A `ServerConn` carries the permit it took from its cluster's connection budget, so
+//! every way of dropping it (pool shrink, broken connection, shutdown) gives the slot back.
+
+mod connect;
+mod reset;
+
+pub use connect::{connect, ConnectError, ServerTarget};
+pub use reset::{reset, InFlight};
+
+use bytes::{Bytes, BytesMut};
+use sluice_protocol::startup::CancelKey;
+use std::net::SocketAddr;
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+
+/// Initial capacity of a server connection's read buffer; results stream through it.
+pub const SERVER_READ_CHUNK: usize = 16 * 1024;
+
+/// An idle-or-leased connection to PostgreSQL.
+pub struct ServerConn {
+    pub stream: TcpStream,
+    /// Bytes read from the server and not yet forwarded (at most a partial header
+    /// between uses).
+    pub read_buf: BytesMut,
+    /// The server's own cancel key, used to cancel a query running on this connection.
+    pub cancel_key: CancelKey,
+    pub addr: SocketAddr,
+    /// Raw ParameterStatus messages the server sent at login, ready to forward.
+    pub parameters: Bytes,
+    _budget: OwnedSemaphorePermit,
+}
+
+impl ServerConn {
+    /// True when the connection is idle and still open: no buffered bytes and nothing
+    /// waiting on the socket. Costs no syscall when the socket has no readiness event.
+    pub fn is_reusable(&self) -> bool {
+        if !self.read_buf.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        matches!(
+            self.stream.try_read(&mut probe),
+            Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock
+        )
+    }
+}

@@ -1,0 +1,129 @@
+//! Why a client session ended, classified once: the SQLSTATE and text the client sees,
+//! and the kind that goes into logs. Text sent to clients never carries internal
+//! details such as server addresses or i/o errors.
+
+use crate::pool::CheckoutError;
+use crate::server::ConnectError;
+use crate::wire::ReadError;
+use sluice_protocol::ProtocolError;
+use std::time::Duration;
+
+/// Broad class of a failure, for logs and (later) the `kind` label of error metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The client misbehaved or was refused.
+    Client,
+    /// The server or the network to it failed.
+    Server,
+    /// A configured timeout expired.
+    Timeout,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Client => "client",
+            ErrorKind::Server => "server",
+            ErrorKind::Timeout => "timeout",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("client closed the connection")]
+    ClientGone,
+    #[error("client connection failed: {0}")]
+    ClientIo(std::io::Error),
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    #[error("database \"{0}\" does not exist")]
+    UnknownDatabase(String),
+    #[error("role \"{user}\" is not a tenant of database \"{database}\"")]
+    UnknownUser { database: String, user: String },
+    #[error("password authentication failed for user \"{0}\"")]
+    BadPassword(String),
+    #[error("too many client connections for tenant {tenant} (max_client_connections is {max})")]
+    TooManyClients { tenant: String, max: u32 },
+    #[error("login did not complete within client_login_timeout ({0:?})")]
+    LoginTimeout(Duration),
+    #[error("no server connection for tenant {tenant} became free within query_wait_timeout ({timeout:?})")]
+    WaitTimeout { tenant: String, timeout: Duration },
+    #[error("could not open a server connection for tenant {tenant}: {source}")]
+    ServerUnavailable { tenant: String, source: ConnectError },
+    #[error("server connection lost: {0}")]
+    ServerLost(String),
+}
+
+impl SessionError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            SessionError::LoginTimeout(_) | SessionError::WaitTimeout { .. } => ErrorKind::Timeout,
+            SessionError::ServerUnavailable { .. } | SessionError::ServerLost(_) => ErrorKind::Server,
+            _ => ErrorKind::Client,
+        }
+    }
+
+    /// The SQLSTATE and message for the client's ErrorResponse; `None` when the client
+    /// is gone and nothing can be sent.
+    pub fn client_error(&self) -> Option<(&str, String)> {
+        let code = match self {
+            SessionError::ClientGone | SessionError::ClientIo(_) => return None,
+            SessionError::Protocol(_) => "08P01",
+            SessionError::UnknownDatabase(_) => "3D000",
+            SessionError::UnknownUser { .. } => "28000",
+            SessionError::BadPassword(_) => "28P01",
+            SessionError::TooManyClients { .. } | SessionError::WaitTimeout { .. } => "53300",
+            SessionError::LoginTimeout(_) => "08006",
+            SessionError::ServerUnavailable {
+                source: ConnectError::Rejected { code, message },
+                tenant,
+            } => {
+                return Some((
+                    code,
+                    format!("server refused login for tenant {tenant}: {message}"),
+                ))
+            }
+            SessionError::ServerUnavailable { tenant, .. } => {
+                return Some(("08006", format!("could not open a server connection for tenant {tenant}")))
+            }
+            SessionError::ServerLost(_) => {
+                return Some(("08006", "server connection lost".to_owned()))
+            }
+        };
+        Some((code, self.to_string()))
+    }
+
+    pub fn from_checkout(tenant: &str, wait: Duration, e: CheckoutError) -> Self {
+        match e {
+            CheckoutError::Timeout(deadpool::managed::TimeoutType::Wait) => SessionError::WaitTimeout {
+                tenant: tenant.to_owned(),
+                timeout: wait,
+            },
+            CheckoutError::Backend(source) => SessionError::ServerUnavailable {
+                tenant: tenant.to_owned(),
+                source,
+            },
+            other => SessionError::ServerUnavailable {
+                tenant: tenant.to_owned(),
+                source: ConnectError::Protocol(other.to_string()),
+            },
+        }
+    }
+}
+
+impl From<ProtocolError> for SessionError {
+    fn from(e: ProtocolError) -> Self {
+        SessionError::Protocol(e.to_string())
+    }
+}
+
+impl From<ReadError> for SessionError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Closed => SessionError::ClientGone,
+            ReadError::Io(e) => SessionError::ClientIo(e),
+            ReadError::Protocol(e) => e.into(),
+        }
+    }
+}

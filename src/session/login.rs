@@ -1,0 +1,165 @@
+//! The client's side of connection startup: SSLRequest/GSSENCRequest (refused with 'N'
+//! until TLS lands), the startup packet, routing (database, user) to a tenant, and
+//! authentication with SCRAM-SHA-256 or md5 against the tenant's secret.
+//!
+//! See <https://www.postgresql.org/docs/current/protocol-flow.html#PROTOCOL-FLOW-START-UP>.
+
+use super::SessionError;
+use crate::tenant::{ClientAuth, ClientSlot, Tenant, Tenants, Unknown};
+use crate::wire::{flush, read_message};
+use bytes::{Buf, BytesMut};
+use sluice_protocol::backend;
+use sluice_protocol::frame::MAX_LOGIN_MESSAGE_LEN;
+use sluice_protocol::frontend;
+use sluice_protocol::md5::md5_salted;
+use sluice_protocol::scram::{ScramError, ScramServer};
+use subtle::ConstantTimeEq;
+use sluice_protocol::startup::{parse_initial_packet, InitialPacket, StartupMessage};
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// What the first packets of a connection asked for.
+pub enum Opening {
+    Startup(StartupMessage),
+    /// A CancelRequest; sluice does not forward cancels yet, so it is ignored.
+    Cancel,
+}
+
+/// Reads the initial packet(s), answering SSL and GSS encryption requests with 'N'.
+/// Bytes after the packet stay in `buf`.
+pub async fn read_opening(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Opening, SessionError> {
+    loop {
+        match parse_initial_packet(buf)? {
+            Some((packet, consumed)) => {
+                buf.advance(consumed);
+                match packet {
+                    InitialPacket::SslRequest | InitialPacket::GssEncRequest => {
+                        stream.write_all(b"N").await.map_err(SessionError::ClientIo)?;
+                    }
+                    InitialPacket::Cancel(_) => return Ok(Opening::Cancel),
+                    InitialPacket::Startup(startup) => return Ok(Opening::Startup(startup)),
+                }
+            }
+            None => {
+                buf.reserve(512);
+                if stream.read_buf(buf).await.map_err(SessionError::ClientIo)? == 0 {
+                    return Err(SessionError::ClientGone);
+                }
+            }
+        }
+    }
+}
+
+/// A client that proved it is a tenant's role and fits under the tenant's client limit.
+pub struct LoggedIn {
+    pub tenant: Arc<Tenant>,
+    pub slot: ClientSlot,
+}
+
+/// Routes the startup packet to a tenant and authenticates the client. On success the
+/// client has received everything up to (not including) AuthenticationOk.
+pub async fn authenticate(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    startup: &StartupMessage,
+    tenants: &Tenants,
+) -> Result<LoggedIn, SessionError> {
+    let mut out = BytesMut::with_capacity(256);
+    if startup.protocol_minor > 0 {
+        let unsupported: Vec<&str> = startup
+            .params
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .filter(|name| name.starts_with("_pq_."))
+            .collect();
+        backend::encode_negotiate_protocol_version(&mut out, 0, &unsupported);
+    }
+    let user = startup.user();
+    let database = startup.database();
+    let tenant = match tenants.lookup(database, user) {
+        Ok(tenant) => tenant.clone(),
+        Err(Unknown::Database) => return Err(SessionError::UnknownDatabase(database.to_owned())),
+        Err(Unknown::User) => {
+            return Err(SessionError::UnknownUser {
+                database: database.to_owned(),
+                user: user.to_owned(),
+            })
+        }
+    };
+    let proven = match &tenant.auth {
+        ClientAuth::Scram(secret) => scram(stream, buf, &mut out, secret.clone()).await?,
+        ClientAuth::Md5 { hash } => md5(stream, buf, &mut out, hash).await?,
+    };
+    if !proven {
+        return Err(SessionError::BadPassword(user.to_owned()));
+    }
+    flush(stream, &mut out).await.map_err(SessionError::ClientIo)?;
+    let slot = tenant.admit_client().ok_or_else(|| SessionError::TooManyClients {
+        tenant: tenant.name(),
+        max: tenant.settings.max_client_connections,
+    })?;
+    Ok(LoggedIn { tenant, slot })
+}
+
+async fn password_message(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<BytesMut, SessionError> {
+    let (tag, body) = read_message(stream, buf, MAX_LOGIN_MESSAGE_LEN).await?;
+    if tag != b'p' {
+        return Err(SessionError::Protocol(format!(
+            "expected a password message, got message type '{}'",
+            tag.escape_ascii()
+        )));
+    }
+    Ok(body)
+}
+
+/// Runs a SCRAM-SHA-256 exchange; `Ok(false)` means the proof did not match.
+async fn scram(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    out: &mut BytesMut,
+    secret: sluice_protocol::scram::ScramSecret,
+) -> Result<bool, SessionError> {
+    backend::encode_auth_sasl(out, &["SCRAM-SHA-256"]);
+    flush(stream, out).await.map_err(SessionError::ClientIo)?;
+    let body = password_message(stream, buf).await?;
+    let (mechanism, data) = frontend::parse_sasl_initial_response(&body)?;
+    if mechanism != "SCRAM-SHA-256" {
+        return Err(SessionError::Protocol(format!(
+            "client selected an unsupported SASL mechanism \"{mechanism}\""
+        )));
+    }
+    let mut server = ScramServer::new(secret, &crate::random::bytes::<18>());
+    let server_first = server.client_first(data).map_err(scram_violation)?;
+    backend::encode_auth_sasl_continue(out, &server_first);
+    flush(stream, out).await.map_err(SessionError::ClientIo)?;
+    let body = password_message(stream, buf).await?;
+    match server.client_final(&body) {
+        Ok(server_final) => {
+            backend::encode_auth_sasl_final(out, &server_final);
+            Ok(true)
+        }
+        Err(ScramError::InvalidProof) => Ok(false),
+        Err(e) => Err(scram_violation(e)),
+    }
+}
+
+fn scram_violation(e: ScramError) -> SessionError {
+    SessionError::Protocol(format!("SCRAM exchange failed: {e}"))
+}
+
+/// Runs an md5 challenge; `Ok(false)` means the response did not match.
+async fn md5(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    out: &mut BytesMut,
+    hash: &str,
+) -> Result<bool, SessionError> {
+    let salt = crate::random::bytes::<4>();
+    backend::encode_auth_md5(out, salt);
+    flush(stream, out).await.map_err(SessionError::ClientIo)?;
+    let body = password_message(stream, buf).await?;
+    let response = frontend::parse_password(&body)?;
+    let expected = md5_salted(hash, salt);
+    Ok(bool::from(response.ct_eq(expected.as_bytes())))
+}

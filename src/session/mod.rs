@@ -1,0 +1,164 @@
+//! One client connection from accept to close: startup and authentication (`login`),
+//! the greeting that makes the client ready, then the transaction relay (`relay`).
+//!
+//! Every failure is classified once (`error`); the client gets an ErrorResponse with a
+//! proper SQLSTATE where the protocol allows one, then a clean close.
+
+mod error;
+mod login;
+mod relay;
+
+pub use error::{ErrorKind, SessionError};
+
+use crate::pool::{self, PooledServer};
+use crate::tenant::{ClientSlot, Tenant, Tenants};
+use relay::Relay;
+use std::sync::Arc;
+use bytes::BytesMut;
+use login::{LoggedIn, Opening};
+use sluice_protocol::backend;
+use sluice_protocol::startup::CancelKey;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tracing::{debug, info, warn, Instrument};
+
+/// How long sluice tries to deliver a final ErrorResponse to a client.
+const ERROR_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Settings every session needs from the process configuration.
+pub struct SessionConfig {
+    pub client_login_timeout: Duration,
+}
+
+/// Serves one client connection to the end. Never panics on client input; logs why the
+/// session ended.
+pub async fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+    tenants: &Tenants,
+    config: &SessionConfig,
+) {
+    let span = tracing::info_span!("session", id, %peer, tenant = tracing::field::Empty);
+    async {
+        let _ = stream.set_nodelay(true);
+        let result = match start(&mut stream, tenants, config).await {
+            Ok(Some(ready)) => {
+                tracing::Span::current().record("tenant", ready.tenant.name());
+                info!("client logged in");
+                let result = Relay::new(&mut stream, ready.buf, &ready.tenant, ready.leased)
+                    .run()
+                    .await;
+                drop(ready.slot);
+                result
+            }
+            Ok(None) => {
+                debug!("cancel request ignored");
+                Ok(())
+            }
+            Err(e) => {
+                report_error(&mut stream, &e).await;
+                Err(e)
+            }
+        };
+        match result {
+            Ok(()) | Err(SessionError::ClientGone) => debug!("client disconnected"),
+            Err(e) if e.kind() == ErrorKind::Client => {
+                info!(kind = e.kind().as_str(), error = %e, "session ended")
+            }
+            Err(e) => warn!(kind = e.kind().as_str(), error = %e, "session ended"),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// A logged-in client that has been told it is ready for queries.
+struct Ready {
+    tenant: Arc<Tenant>,
+    slot: ClientSlot,
+    /// Bytes the client sent after its login messages.
+    buf: BytesMut,
+    /// The server connection leased at login, kept in session mode.
+    leased: Option<PooledServer>,
+}
+
+/// Login and greeting, bounded by `client_login_timeout`. `None` for a cancel request.
+async fn start(
+    stream: &mut TcpStream,
+    tenants: &Tenants,
+    config: &SessionConfig,
+) -> Result<Option<Ready>, SessionError> {
+    let mut buf = BytesMut::with_capacity(1024);
+    let login = async {
+        match login::read_opening(stream, &mut buf).await? {
+            Opening::Cancel => Ok::<_, SessionError>(None),
+            Opening::Startup(startup) => {
+                Ok(Some(login::authenticate(stream, &mut buf, &startup, tenants).await?))
+            }
+        }
+    };
+    let logged_in = match tokio::time::timeout(config.client_login_timeout, login).await {
+        Ok(result) => result?,
+        Err(_) => return Err(SessionError::LoginTimeout(config.client_login_timeout)),
+    };
+    let Some(LoggedIn { tenant, slot }) = logged_in else {
+        return Ok(None);
+    };
+    let wait = tenant.settings.query_wait_timeout;
+
+    // The greeting needs the server's ParameterStatus set: remembered from an earlier
+    // server connection, or taken from one leased now (and kept, in session mode).
+    let mut leased = None;
+    let parameters = match tenant.parameters() {
+        Some(parameters) if !tenant.is_session_mode() => parameters.clone(),
+        _ => {
+            let server = pool::checkout(&tenant.pool, wait)
+                .await
+                .map_err(|e| SessionError::from_checkout(&tenant.name(), wait, e))?;
+            let parameters = server.parameters.clone();
+            tenant.remember_parameters(&parameters);
+            if tenant.is_session_mode() {
+                leased = Some(server);
+            }
+            parameters
+        }
+    };
+    let mut greeting = BytesMut::with_capacity(parameters.len() + 64);
+    backend::encode_auth_ok(&mut greeting);
+    greeting.extend_from_slice(&parameters);
+    backend::encode_backend_key_data(&mut greeting, client_cancel_key());
+    backend::encode_ready_for_query(&mut greeting, b'I');
+    stream
+        .write_all(&greeting)
+        .await
+        .map_err(SessionError::ClientIo)?;
+    Ok(Some(Ready {
+        tenant,
+        slot,
+        buf,
+        leased,
+    }))
+}
+
+/// The key a client must present to cancel its queries. sluice issues its own keys so
+/// clients never learn a server connection's key.
+fn client_cancel_key() -> CancelKey {
+    let [a, b, c, d, e, f, g, h] = crate::random::bytes::<8>();
+    CancelKey {
+        pid: i32::from_be_bytes([a & 0x7f, b, c, d]),
+        secret: i32::from_be_bytes([e, f, g, h]),
+    }
+}
+
+/// Sends a FATAL ErrorResponse for `error`, if it has one, without waiting long.
+async fn report_error(stream: &mut TcpStream, error: &SessionError) {
+    let Some((code, message)) = error.client_error() else {
+        return;
+    };
+    let mut out = BytesMut::new();
+    backend::encode_error(&mut out, "FATAL", code, &message);
+    let _ = tokio::time::timeout(ERROR_WRITE_TIMEOUT, stream.write_all(&out)).await;
+}

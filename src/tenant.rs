@@ -1,0 +1,172 @@
+//! Tenants: what a client logs in as, the pair (database, user). Each tenant owns its
+//! pool of server connections, opened as its own role, so a server connection of one
+//! tenant is never handed to another. Lookup is two hash probes with borrowed keys.
+
+use crate::config::{AuthType, Config, PasswordKind, PoolMode, TenantSettings};
+use crate::pool::{self, ServerPool};
+use crate::server::ServerTarget;
+use bytes::Bytes;
+use sluice_protocol::md5::md5_password_hash;
+use sluice_protocol::scram::ScramSecret;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
+use tokio::sync::Semaphore;
+
+/// Iterations for SCRAM verifiers sluice derives from plaintext passwords (PostgreSQL's default).
+const SCRAM_ITERATIONS: u32 = 4096;
+
+/// How a tenant's clients prove who they are.
+pub enum ClientAuth {
+    Scram(ScramSecret),
+    /// md5 challenge against the stored "md5…" hash of password + user.
+    Md5 { hash: String },
+}
+
+pub struct Tenant {
+    pub settings: TenantSettings,
+    pub auth: ClientAuth,
+    pub pool: ServerPool,
+    clients: AtomicU32,
+    /// The ParameterStatus set of this tenant's server, sent to clients at login.
+    parameters: OnceLock<Bytes>,
+}
+
+/// A connected client counted against its tenant's `max_client_connections`.
+pub struct ClientSlot(Arc<Tenant>);
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Tenant {
+    fn new(settings: TenantSettings, budget: Arc<Semaphore>, target: ServerTarget) -> Self {
+        let auth = client_auth(&settings);
+        let pool = pool::build(target, budget, settings.pool_size as usize);
+        Tenant {
+            settings,
+            auth,
+            pool,
+            clients: AtomicU32::new(0),
+            parameters: OnceLock::new(),
+        }
+    }
+
+    /// Counts a new client, or returns `None` when the tenant is at its limit.
+    pub fn admit_client(self: &Arc<Self>) -> Option<ClientSlot> {
+        let max = self.settings.max_client_connections;
+        self.clients
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| ClientSlot(self.clone()))
+    }
+
+    /// "database/user", how logs and client-facing errors name a tenant.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.settings.database, self.settings.user)
+    }
+
+    pub fn parameters(&self) -> Option<&Bytes> {
+        self.parameters.get()
+    }
+
+    pub fn remember_parameters(&self, parameters: &Bytes) {
+        let _ = self.parameters.set(parameters.clone());
+    }
+
+    pub fn is_session_mode(&self) -> bool {
+        self.settings.pool_mode == PoolMode::Session
+    }
+}
+
+fn client_auth(settings: &TenantSettings) -> ClientAuth {
+    let password = settings.password.expose();
+    match (settings.password.password_kind(), settings.auth_type) {
+        (PasswordKind::ScramVerifier, _) => ClientAuth::Scram(
+            ScramSecret::parse(password).expect("validated with the configuration"),
+        ),
+        (PasswordKind::Md5Hash, _) => ClientAuth::Md5 {
+            hash: password.to_owned(),
+        },
+        (PasswordKind::Plaintext, AuthType::Md5) => ClientAuth::Md5 {
+            hash: md5_password_hash(&settings.user, password),
+        },
+        (PasswordKind::Plaintext, AuthType::ScramSha256) => ClientAuth::Scram(
+            ScramSecret::from_password(password, &crate::random::bytes::<16>(), SCRAM_ITERATIONS),
+        ),
+    }
+}
+
+/// Why a (database, user) pair did not resolve to a tenant.
+pub enum Unknown {
+    Database,
+    User,
+}
+
+/// Every configured tenant, by database and then user.
+pub struct Tenants {
+    by_database: HashMap<String, HashMap<String, Arc<Tenant>>>,
+}
+
+impl Tenants {
+    pub fn from_config(config: &Config) -> Self {
+        let budgets: HashMap<&str, Arc<Semaphore>> = config
+            .clusters
+            .iter()
+            .map(|(name, cluster)| {
+                let permits = cluster.max_server_connections as usize;
+                (name.as_str(), Arc::new(Semaphore::new(permits)))
+            })
+            .collect();
+        let mut by_database: HashMap<String, HashMap<String, Arc<Tenant>>> = HashMap::new();
+        for tenant in &config.tenants {
+            let settings = tenant.effective(&config.defaults);
+            let cluster = &config.clusters[&settings.cluster];
+            let target = ServerTarget {
+                host: cluster.host.clone(),
+                port: cluster.port,
+                database: settings.server_database.clone(),
+                user: settings.server_user.clone(),
+                password: settings.server_password.as_ref().map(|s| s.expose().to_owned()),
+                connect_timeout: settings.server_connect_timeout,
+            };
+            let budget = budgets[settings.cluster.as_str()].clone();
+            let tenant = Arc::new(Tenant::new(settings, budget, target));
+            by_database
+                .entry(tenant.settings.database.clone())
+                .or_default()
+                .insert(tenant.settings.user.clone(), tenant);
+        }
+        Tenants { by_database }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Tenant>> {
+        self.by_database.values().flat_map(|users| users.values())
+    }
+
+    pub fn lookup(&self, database: &str, user: &str) -> Result<&Arc<Tenant>, Unknown> {
+        let users = self.by_database.get(database).ok_or(Unknown::Database)?;
+        users.get(user).ok_or(Unknown::User)
+    }
+}
+
+/// How often pools below their `min_pool_size` are topped up.
+const WARM_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Keeps every tenant's pool at its `min_pool_size`, checking every `WARM_INTERVAL`.
+pub async fn keep_warm(shared: Arc<crate::listener::Shared>) {
+    let mut ticks = tokio::time::interval(WARM_INTERVAL);
+    loop {
+        ticks.tick().await;
+        for tenant in shared.tenants.iter() {
+            let min = tenant.settings.min_pool_size as usize;
+            if min > 0 {
+                if let Err(e) = pool::warm(&tenant.pool, min).await {
+                    tracing::warn!(tenant = %tenant.name(), error = %e, "could not open min_pool_size connections");
+                }
+            }
+        }
+    }
+}
