@@ -58,26 +58,10 @@ impl Secret {
         }
     }
 
-    /// For a [`PasswordKind::ScramVerifier`], whether it has the shape
-    /// `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>` with a
-    /// positive iteration count and no empty part. The base64 inside is
-    /// checked where the verifier is used.
+    /// True when the secret parses as a SCRAM-SHA-256 verifier, with the same parser
+    /// that later checks logins against it.
     pub(super) fn is_well_formed_verifier(&self) -> bool {
-        let Some(rest) = self.0.strip_prefix(SCRAM_PREFIX) else {
-            return false;
-        };
-        let Some((iter_salt, keys)) = rest.split_once('$') else {
-            return false;
-        };
-        let well_formed_pair = |s: &str| {
-            s.split_once(':')
-                .is_some_and(|(a, b)| !a.is_empty() && !b.is_empty() && !b.contains(':'))
-        };
-        let iterations_ok = iter_salt
-            .split_once(':')
-            .and_then(|(iterations, _)| iterations.parse::<u32>().ok())
-            .is_some_and(|n| n > 0);
-        iterations_ok && well_formed_pair(iter_salt) && well_formed_pair(keys)
+        sluice_protocol::scram::ScramSecret::parse(&self.0).is_ok()
     }
 }
 
