@@ -54,7 +54,13 @@ pub async fn serve(
     drop(listener);
     drop(alive);
     info!("stopped accepting clients; waiting for sessions to finish");
-    if tokio::time::timeout(drain_timeout, all_done.recv()).await.is_err() {
-        warn!(?drain_timeout, "sessions still open at shutdown; closing them");
+    if tokio::time::timeout(drain_timeout, all_done.recv())
+        .await
+        .is_err()
+    {
+        warn!(
+            ?drain_timeout,
+            "sessions still open at shutdown; closing them"
+        );
     }
 }

@@ -24,7 +24,10 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
 
 #[derive(Parser)]
-#[command(version, about = "PostgreSQL connection-pooling proxy with tenant isolation")]
+#[command(
+    version,
+    about = "PostgreSQL connection-pooling proxy with tenant isolation"
+)]
 struct Args {
     /// Configuration file (TOML); every key can be overridden with SLUICE_<KEY>.
     #[arg(long, value_name = "FILE", required_unless_present = "check_config")]
@@ -55,7 +58,9 @@ fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let path = args.config.expect("clap requires --config without --check-config");
+    let path = args
+        .config
+        .expect("clap requires --config without --check-config");
     let config = load(&path)?;
     init_logging(args.log_format);
     tokio::runtime::Builder::new_multi_thread()

@@ -40,7 +40,9 @@ impl managed::Manager for ServerManager {
         if conn.is_reusable() {
             Ok(())
         } else {
-            Err(RecycleError::message("server connection closed or sent unexpected data"))
+            Err(RecycleError::message(
+                "server connection closed or sent unexpected data",
+            ))
         }
     }
 }

@@ -20,7 +20,9 @@ const SCRAM_ITERATIONS: u32 = 4096;
 pub enum ClientAuth {
     Scram(ScramSecret),
     /// md5 challenge against the stored "md5…" hash of password + user.
-    Md5 { hash: String },
+    Md5 {
+        hash: String,
+    },
 }
 
 pub struct Tenant {
@@ -58,7 +60,9 @@ impl Tenant {
     pub fn admit_client(self: &Arc<Self>) -> Option<ClientSlot> {
         let max = self.settings.max_client_connections;
         self.clients
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < max).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
             .ok()
             .map(|_| ClientSlot(self.clone()))
     }
@@ -129,7 +133,10 @@ impl Tenants {
                 port: cluster.port,
                 database: settings.server_database.clone(),
                 user: settings.server_user.clone(),
-                password: settings.server_password.as_ref().map(|s| s.expose().to_owned()),
+                password: settings
+                    .server_password
+                    .as_ref()
+                    .map(|s| s.expose().to_owned()),
                 connect_timeout: settings.server_connect_timeout,
             };
             let budget = budgets[settings.cluster.as_str()].clone();

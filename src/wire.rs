@@ -42,7 +42,10 @@ pub async fn read_message<S: AsyncRead + Unpin>(
 }
 
 /// Writes `out` completely and clears it, so the caller can reuse the allocation.
-pub async fn flush<S: AsyncWrite + Unpin>(stream: &mut S, out: &mut BytesMut) -> std::io::Result<()> {
+pub async fn flush<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    out: &mut BytesMut,
+) -> std::io::Result<()> {
     stream.write_all(out).await?;
     out.clear();
     Ok(())

@@ -29,20 +29,25 @@ pub struct ServerTarget {
 
 impl std::fmt::Debug for ServerTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}@{}:{}/{}", self.user, self.host, self.port, self.database)
+        write!(
+            f,
+            "{}@{}:{}/{}",
+            self.user, self.host, self.port, self.database
+        )
     }
 }
 
 /// Why a server connection could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("could not connect to {target:?}: {source}")]
+    /// `target` is the server as "user@host:port/database".
+    #[error("could not connect to {target}: {source}")]
     Io {
-        target: ServerTarget,
+        target: String,
         source: std::io::Error,
     },
-    #[error("connecting to {0:?} timed out")]
-    Timeout(ServerTarget),
+    #[error("connecting to {0} timed out")]
+    Timeout(String),
     #[error("server refused login: {message} (SQLSTATE {code})")]
     Rejected { code: String, message: String },
     #[error("server asks for a password but none is configured for this tenant")]
@@ -74,7 +79,7 @@ pub async fn connect(
 ) -> Result<ServerConn, ConnectError> {
     match tokio::time::timeout(target.connect_timeout, login(target, budget)).await {
         Ok(result) => result,
-        Err(_) => Err(ConnectError::Timeout(target.clone())),
+        Err(_) => Err(ConnectError::Timeout(format!("{target:?}"))),
     }
 }
 
@@ -85,7 +90,7 @@ async fn login(
     let mut stream = TcpStream::connect((target.host.as_str(), target.port))
         .await
         .map_err(|source| ConnectError::Io {
-            target: target.clone(),
+            target: format!("{target:?}"),
             source,
         })?;
     stream.set_nodelay(true)?;
@@ -122,8 +127,8 @@ async fn login(
             }
         }
     }
-    let cancel_key: CancelKey = cancel_key
-        .ok_or_else(|| ConnectError::Protocol("server sent no BackendKeyData".into()))?;
+    let cancel_key: CancelKey =
+        cancel_key.ok_or_else(|| ConnectError::Protocol("server sent no BackendKeyData".into()))?;
     Ok(ServerConn {
         stream,
         read_buf: buf,
@@ -172,7 +177,11 @@ async fn authenticate(
                 }
                 let password = target.password.as_deref().ok_or(ConnectError::NoPassword)?;
                 let client = ScramClient::new(password, &crate::random::bytes::<18>());
-                frontend::encode_sasl_initial_response(out, "SCRAM-SHA-256", &client.client_first());
+                frontend::encode_sasl_initial_response(
+                    out,
+                    "SCRAM-SHA-256",
+                    &client.client_first(),
+                );
                 scram = Some(client);
             }
             AuthRequest::SaslContinue(data) => {

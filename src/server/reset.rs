@@ -131,7 +131,9 @@ async fn drain(conn: &mut ServerConn, mut pending: u32) -> Result<u8, ResetError
                     break;
                 }
             }
-            let Some(header) = backend_header(buf)? else { break };
+            let Some(header) = backend_header(buf)? else {
+                break;
+            };
             match header.tag {
                 b'Z' => {
                     if buf.len() < 6 {

@@ -50,7 +50,10 @@ pub enum SessionError {
     #[error("no server connection for tenant {tenant} became free within query_wait_timeout ({timeout:?})")]
     WaitTimeout { tenant: String, timeout: Duration },
     #[error("could not open a server connection for tenant {tenant}: {source}")]
-    ServerUnavailable { tenant: String, source: ConnectError },
+    ServerUnavailable {
+        tenant: String,
+        source: ConnectError,
+    },
     #[error("server connection lost: {0}")]
     ServerLost(String),
 }
@@ -59,7 +62,9 @@ impl SessionError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             SessionError::LoginTimeout(_) | SessionError::WaitTimeout { .. } => ErrorKind::Timeout,
-            SessionError::ServerUnavailable { .. } | SessionError::ServerLost(_) => ErrorKind::Server,
+            SessionError::ServerUnavailable { .. } | SessionError::ServerLost(_) => {
+                ErrorKind::Server
+            }
             _ => ErrorKind::Client,
         }
     }
@@ -85,7 +90,10 @@ impl SessionError {
                 ))
             }
             SessionError::ServerUnavailable { tenant, .. } => {
-                return Some(("08006", format!("could not open a server connection for tenant {tenant}")))
+                return Some((
+                    "08006",
+                    format!("could not open a server connection for tenant {tenant}"),
+                ))
             }
             SessionError::ServerLost(_) => {
                 return Some(("08006", "server connection lost".to_owned()))
@@ -96,10 +104,12 @@ impl SessionError {
 
     pub fn from_checkout(tenant: &str, wait: Duration, e: CheckoutError) -> Self {
         match e {
-            CheckoutError::Timeout(deadpool::managed::TimeoutType::Wait) => SessionError::WaitTimeout {
-                tenant: tenant.to_owned(),
-                timeout: wait,
-            },
+            CheckoutError::Timeout(deadpool::managed::TimeoutType::Wait) => {
+                SessionError::WaitTimeout {
+                    tenant: tenant.to_owned(),
+                    timeout: wait,
+                }
+            }
             CheckoutError::Backend(source) => SessionError::ServerUnavailable {
                 tenant: tenant.to_owned(),
                 source,

@@ -13,9 +13,9 @@ use sluice_protocol::frame::MAX_LOGIN_MESSAGE_LEN;
 use sluice_protocol::frontend;
 use sluice_protocol::md5::md5_salted;
 use sluice_protocol::scram::{ScramError, ScramServer};
-use subtle::ConstantTimeEq;
 use sluice_protocol::startup::{parse_initial_packet, InitialPacket, StartupMessage};
 use std::sync::Arc;
+use subtle::ConstantTimeEq;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -28,14 +28,20 @@ pub enum Opening {
 
 /// Reads the initial packet(s), answering SSL and GSS encryption requests with 'N'.
 /// Bytes after the packet stay in `buf`.
-pub async fn read_opening(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Opening, SessionError> {
+pub async fn read_opening(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+) -> Result<Opening, SessionError> {
     loop {
         match parse_initial_packet(buf)? {
             Some((packet, consumed)) => {
                 buf.advance(consumed);
                 match packet {
                     InitialPacket::SslRequest | InitialPacket::GssEncRequest => {
-                        stream.write_all(b"N").await.map_err(SessionError::ClientIo)?;
+                        stream
+                            .write_all(b"N")
+                            .await
+                            .map_err(SessionError::ClientIo)?;
                     }
                     InitialPacket::Cancel(_) => return Ok(Opening::Cancel),
                     InitialPacket::Startup(startup) => return Ok(Opening::Startup(startup)),
@@ -94,15 +100,22 @@ pub async fn authenticate(
     if !proven {
         return Err(SessionError::BadPassword(user.to_owned()));
     }
-    flush(stream, &mut out).await.map_err(SessionError::ClientIo)?;
-    let slot = tenant.admit_client().ok_or_else(|| SessionError::TooManyClients {
-        tenant: tenant.name(),
-        max: tenant.settings.max_client_connections,
-    })?;
+    flush(stream, &mut out)
+        .await
+        .map_err(SessionError::ClientIo)?;
+    let slot = tenant
+        .admit_client()
+        .ok_or_else(|| SessionError::TooManyClients {
+            tenant: tenant.name(),
+            max: tenant.settings.max_client_connections,
+        })?;
     Ok(LoggedIn { tenant, slot })
 }
 
-async fn password_message(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<BytesMut, SessionError> {
+async fn password_message(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+) -> Result<BytesMut, SessionError> {
     let (tag, body) = read_message(stream, buf, MAX_LOGIN_MESSAGE_LEN).await?;
     if tag != b'p' {
         return Err(SessionError::Protocol(format!(

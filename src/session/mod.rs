@@ -12,13 +12,13 @@ pub use error::{ErrorKind, SessionError};
 
 use crate::pool::{self, PooledServer};
 use crate::tenant::{ClientSlot, Tenant, Tenants};
-use relay::Relay;
-use std::sync::Arc;
 use bytes::BytesMut;
 use login::{LoggedIn, Opening};
+use relay::Relay;
 use sluice_protocol::backend;
 use sluice_protocol::startup::CancelKey;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -95,9 +95,9 @@ async fn start(
     let login = async {
         match login::read_opening(stream, &mut buf).await? {
             Opening::Cancel => Ok::<_, SessionError>(None),
-            Opening::Startup(startup) => {
-                Ok(Some(login::authenticate(stream, &mut buf, &startup, tenants).await?))
-            }
+            Opening::Startup(startup) => Ok(Some(
+                login::authenticate(stream, &mut buf, &startup, tenants).await?,
+            )),
         }
     };
     let logged_in = match tokio::time::timeout(config.client_login_timeout, login).await {

@@ -20,10 +20,10 @@ use crate::pool::{self, PooledServer};
 use crate::server::{self, InFlight, ServerConn};
 use crate::tenant::Tenant;
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::AsyncWriteExt;
 use deadpool::managed::Object;
 use sluice_protocol::frame::{backend_header, frontend_header, HEADER_LEN};
 use std::io::ErrorKind::WouldBlock;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
@@ -119,8 +119,16 @@ impl<'a> Relay<'a> {
                     partial_message: !self.from_client.at_boundary(),
                     status: self.exchange.status,
                 };
-                let unsent = self.client_buf.split_to(self.from_client.forwardable).freeze();
-                tokio::spawn(reset_or_close(server, unsent, in_flight, self.tenant.is_session_mode()));
+                let unsent = self
+                    .client_buf
+                    .split_to(self.from_client.forwardable)
+                    .freeze();
+                tokio::spawn(reset_or_close(
+                    server,
+                    unsent,
+                    in_flight,
+                    self.tenant.is_session_mode(),
+                ));
             }
         }
         if let Err(e) = &result {
@@ -138,7 +146,10 @@ impl<'a> Relay<'a> {
                     if self.terminated {
                         return Ok(());
                     }
-                    self.client.readable().await.map_err(SessionError::ClientIo)?;
+                    self.client
+                        .readable()
+                        .await
+                        .map_err(SessionError::ClientIo)?;
                     if !self.read_client()? && !self.from_client.at_boundary() {
                         // The client left in the middle of a message: nothing to send.
                         return Ok(());
@@ -218,7 +229,8 @@ impl<'a> Relay<'a> {
         let checkout = pool::checkout(&tenant.pool, wait);
         tokio::pin!(checkout);
         let leased = loop {
-            let watch_client = !self.terminated && self.client_buf.len() < MAX_PENDING_WHILE_WAITING;
+            let watch_client =
+                !self.terminated && self.client_buf.len() < MAX_PENDING_WHILE_WAITING;
             tokio::select! {
                 leased = &mut checkout => break leased,
                 r = self.client.readable(), if watch_client => {
@@ -298,7 +310,11 @@ impl<'a> Relay<'a> {
             let header = match backend_header(rest) {
                 Ok(Some(header)) => header,
                 Ok(None) => break,
-                Err(e) => return Err(SessionError::ServerLost(format!("malformed server message: {e}"))),
+                Err(e) => {
+                    return Err(SessionError::ServerLost(format!(
+                        "malformed server message: {e}"
+                    )))
+                }
             };
             match header.tag {
                 b'Z' => {
