@@ -21,7 +21,6 @@ const TENANTS: [(&str, &str, &str); 3] = [
     ("initech", "initech-secret", "session"),
 ];
 
-const ADMIN: (&str, &str) = ("sluice_admin", "admin-secret");
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
@@ -32,7 +31,7 @@ async fn main() -> ExitCode {
 
     println!("Starting a throwaway PostgreSQL…");
     let pg = Postgres::shared();
-    let mut config = SluiceConfig::new(pg).admin(ADMIN.0, ADMIN.1);
+    let mut config = SluiceConfig::new(pg);
     config.listen = preferred(6432, config.listen);
     config.metrics_listen = preferred(8067, config.metrics_listen);
     for (name, password, mode) in TENANTS {
@@ -108,12 +107,6 @@ fn print_instructions(sluice: &Sluice, pg: &Postgres) {
     println!("\nLoad, e.g.:\n");
     println!("  PGPASSWORD=acme-secret pgbench -h 127.0.0.1 -p {port} -U acme -i acme");
     println!("  PGPASSWORD=acme-secret pgbench -h 127.0.0.1 -p {port} -U acme -c 50 -T 10 -S acme");
-    let (admin, password) = ADMIN;
-    println!("\nAdmin console (SHOW POOLS, SHOW STATS, …):\n");
-    println!(
-        "  psql \"host=127.0.0.1 port={port} dbname=sluice user={admin} password={password}\""
-    );
-    println!("\nMetrics: curl http://{}/metrics", sluice.metrics_addr());
     println!("Config:  {}", sluice.config_path().display());
     println!("\nPress Ctrl-C to stop.");
 }

@@ -218,9 +218,13 @@ fn password_kinds_are_recognized_like_postgresql_does() {
         kind("SCRAM-SHA-256$4096:c2FsdA==$c3RvcmVk:c2VydmVy"),
         PasswordKind::ScramVerifier
     );
+    let real_verifier =
+        sluice_protocol::scram::ScramSecret::from_password("pencil", b"salt", 4096).to_string();
+    assert!(Secret(real_verifier).is_well_formed_verifier());
     assert!(
-        Secret("SCRAM-SHA-256$4096:c2FsdA==$c3RvcmVk:c2VydmVy".to_owned())
-            .is_well_formed_verifier()
+        !Secret("SCRAM-SHA-256$4096:c2FsdA==$c3RvcmVk:c2VydmVy".to_owned())
+            .is_well_formed_verifier(),
+        "keys must be 32-byte SHA-256 values"
     );
     for bad in [
         "SCRAM-SHA-256$",
