@@ -21,7 +21,6 @@ const TENANTS: [(&str, &str, &str); 3] = [
     ("initech", "initech-secret", "session"),
 ];
 
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let Some(bin) = sluice_binary() else {

@@ -1,6 +1,7 @@
 //! The client-facing listener: accepts connections, runs one session task per client,
 //! and on shutdown stops accepting and waits (bounded) for sessions to finish.
 
+use crate::cancel::CancelRegistry;
 use crate::session::{self, SessionConfig};
 use crate::tenant::Tenants;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +18,7 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 pub struct Shared {
     pub tenants: Tenants,
     pub session: SessionConfig,
+    pub cancels: Arc<CancelRegistry>,
 }
 
 /// Accepts clients until `shutdown` resolves, then waits up to `drain_timeout` for the
@@ -39,7 +41,7 @@ pub async fn serve(
                     let alive = alive.clone();
                     let id = next_id.fetch_add(1, Ordering::Relaxed);
                     tokio::spawn(async move {
-                        session::serve(stream, peer, id, &shared.tenants, &shared.session).await;
+                        session::serve(stream, peer, id, &shared).await;
                         drop(alive);
                     });
                 }

@@ -3,6 +3,7 @@
 //! `main` only wires things together: command line, configuration, logging, the tokio
 //! runtime, the listener and signal handling.
 
+mod cancel;
 mod config;
 mod listener;
 mod pool;
@@ -98,6 +99,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         session: SessionConfig {
             client_login_timeout: config.client_login_timeout,
         },
+        cancels: Default::default(),
     });
     info!(
         listen = %listener.local_addr()?,

@@ -56,6 +56,8 @@ pub enum SessionError {
     },
     #[error("server connection lost: {0}")]
     ServerLost(String),
+    #[error("canceling statement due to user request (while waiting for a server connection)")]
+    CancelledWhileWaiting,
 }
 
 impl SessionError {
@@ -80,6 +82,7 @@ impl SessionError {
             SessionError::BadPassword(_) => "28P01",
             SessionError::TooManyClients { .. } | SessionError::WaitTimeout { .. } => "53300",
             SessionError::LoginTimeout(_) => "08006",
+            SessionError::CancelledWhileWaiting => "57014",
             SessionError::ServerUnavailable {
                 source: ConnectError::Rejected { code, message },
                 tenant,

@@ -13,7 +13,7 @@ use sluice_protocol::frame::MAX_LOGIN_MESSAGE_LEN;
 use sluice_protocol::frontend;
 use sluice_protocol::md5::md5_salted;
 use sluice_protocol::scram::{ScramError, ScramServer};
-use sluice_protocol::startup::{parse_initial_packet, InitialPacket, StartupMessage};
+use sluice_protocol::startup::{parse_initial_packet, CancelKey, InitialPacket, StartupMessage};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,8 +22,7 @@ use tokio::net::TcpStream;
 /// What the first packets of a connection asked for.
 pub enum Opening {
     Startup(StartupMessage),
-    /// A CancelRequest; sluice does not forward cancels yet, so it is ignored.
-    Cancel,
+    Cancel(CancelKey),
 }
 
 /// Reads the initial packet(s), answering SSL and GSS encryption requests with 'N'.
@@ -43,7 +42,7 @@ pub async fn read_opening(
                             .await
                             .map_err(SessionError::ClientIo)?;
                     }
-                    InitialPacket::Cancel(_) => return Ok(Opening::Cancel),
+                    InitialPacket::Cancel(key) => return Ok(Opening::Cancel(key)),
                     InitialPacket::Startup(startup) => return Ok(Opening::Startup(startup)),
                 }
             }

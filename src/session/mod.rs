@@ -10,8 +10,10 @@ mod relay;
 
 pub use error::{ErrorKind, SessionError};
 
+use crate::cancel::CancelHandle;
+use crate::listener::Shared;
 use crate::pool::{self, PooledServer};
-use crate::tenant::{ClientSlot, Tenant, Tenants};
+use crate::tenant::{ClientSlot, Tenant};
 use bytes::BytesMut;
 use login::{LoggedIn, Opening};
 use relay::Relay;
@@ -34,28 +36,27 @@ pub struct SessionConfig {
 
 /// Serves one client connection to the end. Never panics on client input; logs why the
 /// session ended.
-pub async fn serve(
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    id: u64,
-    tenants: &Tenants,
-    config: &SessionConfig,
-) {
+pub async fn serve(mut stream: TcpStream, peer: SocketAddr, id: u64, shared: &Shared) {
     let span = tracing::info_span!("session", id, %peer, tenant = tracing::field::Empty);
     async {
         let _ = stream.set_nodelay(true);
-        let result = match start(&mut stream, tenants, config).await {
-            Ok(Some(ready)) => {
+        let result = match start(&mut stream, shared).await {
+            Ok(Started::Ready(ready)) => {
                 tracing::Span::current().record("tenant", ready.tenant.name());
                 info!("client logged in");
-                let result = Relay::new(&mut stream, ready.buf, &ready.tenant, ready.leased)
-                    .run()
-                    .await;
+                let relay = Relay::new(
+                    &mut stream,
+                    ready.buf,
+                    &ready.tenant,
+                    &ready.cancel.target,
+                    ready.leased,
+                );
+                let result = relay.run().await;
                 drop(ready.slot);
                 result
             }
-            Ok(None) => {
-                debug!("cancel request ignored");
+            Ok(Started::Cancel(key)) => {
+                shared.cancels.cancel(key).await;
                 Ok(())
             }
             Err(e) => {
@@ -75,37 +76,46 @@ pub async fn serve(
     .await
 }
 
-/// A logged-in client that has been told it is ready for queries.
+/// What a new connection turned out to be.
+enum Started {
+    /// A logged-in client that has been told it is ready for queries.
+    Ready(Box<Ready>),
+    Cancel(CancelKey),
+}
+
 struct Ready {
     tenant: Arc<Tenant>,
     slot: ClientSlot,
+    cancel: CancelHandle,
     /// Bytes the client sent after its login messages.
     buf: BytesMut,
     /// The server connection leased at login, kept in session mode.
     leased: Option<PooledServer>,
 }
 
-/// Login and greeting, bounded by `client_login_timeout`. `None` for a cancel request.
-async fn start(
-    stream: &mut TcpStream,
-    tenants: &Tenants,
-    config: &SessionConfig,
-) -> Result<Option<Ready>, SessionError> {
+/// Login and greeting, bounded by `client_login_timeout`.
+async fn start(stream: &mut TcpStream, shared: &Shared) -> Result<Started, SessionError> {
     let mut buf = BytesMut::with_capacity(1024);
     let login = async {
         match login::read_opening(stream, &mut buf).await? {
-            Opening::Cancel => Ok::<_, SessionError>(None),
-            Opening::Startup(startup) => Ok(Some(
-                login::authenticate(stream, &mut buf, &startup, tenants).await?,
-            )),
+            Opening::Cancel(key) => Ok::<_, SessionError>(Err(key)),
+            Opening::Startup(startup) => Ok(Ok(login::authenticate(
+                stream,
+                &mut buf,
+                &startup,
+                &shared.tenants,
+            )
+            .await?)),
         }
     };
-    let logged_in = match tokio::time::timeout(config.client_login_timeout, login).await {
+    let timeout = shared.session.client_login_timeout;
+    let logged_in = match tokio::time::timeout(timeout, login).await {
         Ok(result) => result?,
-        Err(_) => return Err(SessionError::LoginTimeout(config.client_login_timeout)),
+        Err(_) => return Err(SessionError::LoginTimeout(timeout)),
     };
-    let Some(LoggedIn { tenant, slot }) = logged_in else {
-        return Ok(None);
+    let LoggedIn { tenant, slot } = match logged_in {
+        Ok(logged_in) => logged_in,
+        Err(key) => return Ok(Started::Cancel(key)),
     };
     let wait = tenant.settings.query_wait_timeout;
 
@@ -129,28 +139,20 @@ async fn start(
     let mut greeting = BytesMut::with_capacity(parameters.len() + 64);
     backend::encode_auth_ok(&mut greeting);
     greeting.extend_from_slice(&parameters);
-    backend::encode_backend_key_data(&mut greeting, client_cancel_key());
+    let cancel = shared.cancels.register();
+    backend::encode_backend_key_data(&mut greeting, cancel.key);
     backend::encode_ready_for_query(&mut greeting, b'I');
     stream
         .write_all(&greeting)
         .await
         .map_err(SessionError::ClientIo)?;
-    Ok(Some(Ready {
+    Ok(Started::Ready(Box::new(Ready {
         tenant,
         slot,
+        cancel,
         buf,
         leased,
-    }))
-}
-
-/// The key a client must present to cancel its queries. sluice issues its own keys so
-/// clients never learn a server connection's key.
-fn client_cancel_key() -> CancelKey {
-    let [a, b, c, d, e, f, g, h] = crate::random::bytes::<8>();
-    CancelKey {
-        pid: i32::from_be_bytes([a & 0x7f, b, c, d]),
-        secret: i32::from_be_bytes([e, f, g, h]),
-    }
+    })))
 }
 
 /// Sends a FATAL ErrorResponse for `error`, if it has one, without waiting long.

@@ -16,6 +16,7 @@
 //! draining: no proxy-made deadlock when client and server both send a lot at once.
 
 use super::SessionError;
+use crate::cancel::CancelTarget;
 use crate::pool::{self, PooledServer};
 use crate::server::{self, InFlight, ServerConn};
 use crate::tenant::Tenant;
@@ -23,6 +24,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use deadpool::managed::Object;
 use sluice_protocol::frame::{backend_header, frontend_header, HEADER_LEN};
 use std::io::ErrorKind::WouldBlock;
+use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
@@ -74,6 +76,7 @@ pub struct Relay<'a> {
     server: Option<PooledServer>,
     exchange: Exchange,
     tenant: &'a Tenant,
+    cancel: &'a Arc<CancelTarget>,
 }
 
 impl<'a> Relay<'a> {
@@ -83,8 +86,12 @@ impl<'a> Relay<'a> {
         client: &'a mut TcpStream,
         client_buf: BytesMut,
         tenant: &'a Tenant,
+        cancel: &'a Arc<CancelTarget>,
         server: Option<PooledServer>,
     ) -> Self {
+        if let Some(server) = &server {
+            cancel.attach(server.addr, server.cancel_key);
+        }
         Relay {
             client,
             client_buf,
@@ -99,6 +106,7 @@ impl<'a> Relay<'a> {
                 status: b'I',
             },
             tenant,
+            cancel,
         }
     }
 
@@ -109,27 +117,29 @@ impl<'a> Relay<'a> {
         let result = self.relay().await;
         let client_at_boundary =
             self.from_server.at_boundary() && self.from_server.forwardable == 0;
-        let releasable = self.is_releasable();
-        if let Some(server) = self.server.take() {
-            if self.tenant.is_session_mode() || !releasable {
-                let in_flight = InFlight {
-                    pending_ready: self.exchange.pending_ready,
-                    unsynced: self.exchange.unsynced,
-                    copy_in: self.exchange.copy_in,
-                    partial_message: !self.from_client.at_boundary(),
-                    status: self.exchange.status,
-                };
-                let unsent = self
-                    .client_buf
-                    .split_to(self.from_client.forwardable)
-                    .freeze();
-                tokio::spawn(reset_or_close(
-                    server,
-                    unsent,
-                    in_flight,
-                    self.tenant.is_session_mode(),
-                ));
-            }
+        if self.is_releasable() && !self.tenant.is_session_mode() {
+            self.release();
+        } else if let Some(server) = self.server.take() {
+            let in_flight = InFlight {
+                pending_ready: self.exchange.pending_ready,
+                unsynced: self.exchange.unsynced,
+                copy_in: self.exchange.copy_in,
+                partial_message: !self.from_client.at_boundary(),
+                status: self.exchange.status,
+            };
+            let unsent = self
+                .client_buf
+                .split_to(self.from_client.forwardable)
+                .freeze();
+            let discard_all = self.tenant.is_session_mode();
+            let cancels_pending = self.cancel.detach();
+            let cancel = cancels_pending.then(|| self.cancel.clone());
+            tokio::spawn(async move {
+                if let Some(cancel) = cancel {
+                    cancel.cancels_finished().await;
+                }
+                reset_or_close(server, unsent, in_flight, discard_all).await
+            });
         }
         if let Err(e) = &result {
             if client_at_boundary {
@@ -137,6 +147,21 @@ impl<'a> Relay<'a> {
             }
         }
         result
+    }
+
+    /// Gives the clean server connection back to the pool; if a cancel aimed at it is
+    /// still in flight, only once that cancel has landed.
+    fn release(&mut self) {
+        let Some(server) = self.server.take() else {
+            return;
+        };
+        if self.cancel.detach() {
+            let cancel = self.cancel.clone();
+            tokio::spawn(async move {
+                cancel.cancels_finished().await;
+                drop(server);
+            });
+        }
     }
 
     async fn relay(&mut self) -> Result<(), SessionError> {
@@ -169,7 +194,7 @@ impl<'a> Relay<'a> {
                     return Ok(());
                 }
                 if !self.tenant.is_session_mode() {
-                    self.server = None;
+                    self.release();
                     continue;
                 }
             } else if self.terminated && self.from_client.forwardable == 0 {
@@ -222,17 +247,23 @@ impl<'a> Relay<'a> {
     }
 
     /// Leases a server connection for the client's pending messages. While waiting, the
-    /// client may go on sending (bounded) and its disconnect aborts the wait.
+    /// client may go on sending (bounded); its disconnect or a cancel request aborts the wait.
     async fn attach(&mut self) -> Result<(), SessionError> {
         let tenant = self.tenant;
+        let cancel = self.cancel;
         let wait = tenant.settings.query_wait_timeout;
         let checkout = pool::checkout(&tenant.pool, wait);
         tokio::pin!(checkout);
+        cancel.set_waiting(true);
         let leased = loop {
             let watch_client =
                 !self.terminated && self.client_buf.len() < MAX_PENDING_WHILE_WAITING;
             tokio::select! {
                 leased = &mut checkout => break leased,
+                () = cancel.cancelled_while_waiting() => {
+                    cancel.set_waiting(false);
+                    return Err(SessionError::CancelledWhileWaiting);
+                }
                 r = self.client.readable(), if watch_client => {
                     r.map_err(SessionError::ClientIo)?;
                     if !self.read_client()? {
@@ -241,8 +272,10 @@ impl<'a> Relay<'a> {
                 }
             }
         };
+        cancel.set_waiting(false);
         let server = leased.map_err(|e| SessionError::from_checkout(&tenant.name(), wait, e))?;
         debug!(server = %server.addr, "server connection leased");
+        cancel.attach(server.addr, server.cancel_key);
         self.server = Some(server);
         Ok(())
     }

@@ -1,0 +1,199 @@
+//! Cancel requests. Every client gets a BackendKeyData issued by sluice (never a
+//! server's key). A CancelRequest carrying a client's key is forwarded, with the server's
+//! own key, to the server connection that client holds at that moment, and does nothing
+//! else; a client still waiting for a server connection is taken out of the queue
+//! instead. An unknown or wrong key cancels nothing.
+//!
+//! A cancel must never hit a later query of another client: while a forwarded cancel is
+//! in flight, the server connection it targets is not returned to the pool; it is
+//! returned once the server has taken the cancel (it closes the cancel connection), after
+//! which PostgreSQL ignores the signal if the query had already finished.
+//!
+//! See <https://www.postgresql.org/docs/current/protocol-flow.html#PROTOCOL-FLOW-CANCELING-REQUESTS>.
+
+use bytes::BytesMut;
+use sluice_protocol::startup::{encode_cancel_request, CancelKey};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use subtle::ConstantTimeEq;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tracing::{debug, info};
+
+/// How long forwarding one cancel to a server may take.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Every logged-in client's cancel target, by the pid of its sluice-issued key.
+#[derive(Default)]
+pub struct CancelRegistry {
+    clients: Mutex<HashMap<i32, Arc<CancelTarget>>>,
+}
+
+/// What a cancel for one client reaches.
+pub struct CancelTarget {
+    secret: i32,
+    state: Mutex<TargetState>,
+    /// Wakes the client's session while it waits for a server connection.
+    cancel_wait: Notify,
+    /// Wakes whoever waits for in-flight cancels to finish.
+    cancels_done: Notify,
+}
+
+#[derive(Default)]
+struct TargetState {
+    /// The server connection the client holds now: its address and cancel key.
+    server: Option<(SocketAddr, CancelKey)>,
+    /// The client is queued for a server connection.
+    waiting: bool,
+    /// A cancel arrived while the client was queued.
+    cancelled_while_waiting: bool,
+    /// Cancels forwarded to `server` (or its predecessor) that the server has not yet taken.
+    in_flight: u32,
+}
+
+/// A client's registration; dropping it unregisters the client.
+pub struct CancelHandle {
+    registry: Arc<CancelRegistry>,
+    pub key: CancelKey,
+    pub target: Arc<CancelTarget>,
+}
+
+impl Drop for CancelHandle {
+    fn drop(&mut self) {
+        lock(&self.registry.clients).remove(&self.key.pid);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The critical sections only assign fields, so a poisoned lock still holds valid data.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl CancelRegistry {
+    /// Issues a fresh key for a client and registers it.
+    pub fn register(self: &Arc<Self>) -> CancelHandle {
+        let mut clients = lock(&self.clients);
+        let key = loop {
+            let [a, b, c, d, e, f, g, h] = crate::random::bytes::<8>();
+            let key = CancelKey {
+                pid: i32::from_be_bytes([a & 0x7f, b, c, d]),
+                secret: i32::from_be_bytes([e, f, g, h]),
+            };
+            if key.pid != 0 && !clients.contains_key(&key.pid) {
+                break key;
+            }
+        };
+        let target = Arc::new(CancelTarget {
+            secret: key.secret,
+            state: Mutex::new(TargetState::default()),
+            cancel_wait: Notify::new(),
+            cancels_done: Notify::new(),
+        });
+        clients.insert(key.pid, target.clone());
+        CancelHandle {
+            registry: self.clone(),
+            key,
+            target,
+        }
+    }
+
+    /// Handles a CancelRequest received on a new client connection.
+    pub async fn cancel(&self, key: CancelKey) {
+        let target = lock(&self.clients).get(&key.pid).cloned();
+        let Some(target) = target else {
+            debug!("cancel request with an unknown key ignored");
+            return;
+        };
+        if !bool::from(target.secret.to_be_bytes().ct_eq(&key.secret.to_be_bytes())) {
+            info!("cancel request with a wrong secret ignored");
+            return;
+        }
+        let server = {
+            let mut state = lock(&target.state);
+            if state.server.is_some() {
+                state.in_flight += 1;
+            } else if state.waiting {
+                state.cancelled_while_waiting = true;
+                target.cancel_wait.notify_waiters();
+            }
+            state.server
+        };
+        let Some((addr, server_key)) = server else {
+            return;
+        };
+        match tokio::time::timeout(FORWARD_TIMEOUT, forward(addr, server_key)).await {
+            Ok(Ok(())) => debug!(server = %addr, "cancel request forwarded"),
+            Ok(Err(e)) => info!(server = %addr, error = %e, "forwarding a cancel request failed"),
+            Err(_) => info!(server = %addr, "forwarding a cancel request timed out"),
+        }
+        let mut state = lock(&target.state);
+        state.in_flight -= 1;
+        if state.in_flight == 0 {
+            target.cancels_done.notify_waiters();
+        }
+    }
+}
+
+impl CancelTarget {
+    /// The client now holds the server connection at `addr` with cancel key `key`.
+    pub fn attach(&self, addr: SocketAddr, key: CancelKey) {
+        let mut state = lock(&self.state);
+        state.server = Some((addr, key));
+        state.waiting = false;
+    }
+
+    /// The client gave its server connection up. True when a cancel aimed at it is still
+    /// in flight: then the connection must not be reused before `cancels_finished`.
+    pub fn detach(&self) -> bool {
+        let mut state = lock(&self.state);
+        state.server = None;
+        state.in_flight > 0
+    }
+
+    /// Marks the client as queued (or no longer queued) for a server connection.
+    pub fn set_waiting(&self, waiting: bool) {
+        let mut state = lock(&self.state);
+        state.waiting = waiting;
+        state.cancelled_while_waiting = false;
+    }
+
+    /// Resolves when a cancel arrives for the client while it is queued. Cancel-safe.
+    pub async fn cancelled_while_waiting(&self) {
+        loop {
+            let cancelled = self.cancel_wait.notified();
+            tokio::pin!(cancelled);
+            cancelled.as_mut().enable();
+            if lock(&self.state).cancelled_while_waiting {
+                return;
+            }
+            cancelled.await;
+        }
+    }
+
+    /// Resolves once no forwarded cancel is in flight. Cancel-safe.
+    pub async fn cancels_finished(&self) {
+        loop {
+            let done = self.cancels_done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if lock(&self.state).in_flight == 0 {
+                return;
+            }
+            done.await;
+        }
+    }
+}
+
+/// Sends a CancelRequest to a server and waits until the server has taken it.
+async fn forward(addr: SocketAddr, key: CancelKey) -> std::io::Result<()> {
+    let mut stream = TcpStream::connect(addr).await?;
+    let mut out = BytesMut::with_capacity(16);
+    encode_cancel_request(&mut out, key);
+    stream.write_all(&out).await?;
+    let mut sink = [0u8; 64];
+    while stream.read(&mut sink).await? > 0 {}
+    Ok(())
+}
