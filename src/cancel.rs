@@ -111,13 +111,21 @@ impl CancelRegistry {
             info!("cancel request with a wrong secret ignored");
             return;
         }
+        target.cancel_current().await;
+    }
+}
+
+impl CancelTarget {
+    /// Cancels what the client is doing now: forwards a cancel to the server connection it
+    /// holds, or takes it out of the queue for one.
+    pub async fn cancel_current(&self) {
         let server = {
-            let mut state = lock(&target.state);
+            let mut state = lock(&self.state);
             if state.server.is_some() {
                 state.in_flight += 1;
             } else if state.waiting {
                 state.cancelled_while_waiting = true;
-                target.cancel_wait.notify_waiters();
+                self.cancel_wait.notify_waiters();
             }
             state.server
         };
@@ -129,15 +137,13 @@ impl CancelRegistry {
             Ok(Err(e)) => info!(server = %addr, error = %e, "forwarding a cancel request failed"),
             Err(_) => info!(server = %addr, "forwarding a cancel request timed out"),
         }
-        let mut state = lock(&target.state);
+        let mut state = lock(&self.state);
         state.in_flight -= 1;
         if state.in_flight == 0 {
-            target.cancels_done.notify_waiters();
+            self.cancels_done.notify_waiters();
         }
     }
-}
 
-impl CancelTarget {
     /// The client now holds the server connection at `addr` with cancel key `key`.
     pub fn attach(&self, addr: SocketAddr, key: CancelKey) {
         let mut state = lock(&self.state);

@@ -10,6 +10,7 @@ mod pool;
 mod random;
 mod server;
 mod session;
+mod statements;
 mod tenant;
 mod wire;
 

@@ -125,6 +125,24 @@ pub struct TenantDefaults {
     #[serde(with = "humantime_serde")]
     pub server_connect_timeout: Duration,
     pub auth_type: AuthType,
+    /// Server-side prepared statements kept per server connection in
+    /// transaction mode; 0 turns prepared-statement tracking off.
+    pub max_prepared_statements: u32,
+    /// Longest a single query may run before it is cancelled (57014); 0 = no limit.
+    #[serde(with = "humantime_serde")]
+    pub query_timeout: Duration,
+    /// Longest a client may stay idle inside a transaction; 0 = no limit.
+    #[serde(with = "humantime_serde")]
+    pub idle_transaction_timeout: Duration,
+    /// Longest a client may stay idle outside a transaction; 0 = no limit.
+    #[serde(with = "humantime_serde")]
+    pub client_idle_timeout: Duration,
+    /// Idle server connections older than this in the pool are closed; 0 = never.
+    #[serde(with = "humantime_serde")]
+    pub server_idle_timeout: Duration,
+    /// Server connections older than this are closed when next idle; 0 = never.
+    #[serde(with = "humantime_serde")]
+    pub server_lifetime: Duration,
 }
 
 impl Default for TenantDefaults {
@@ -137,6 +155,12 @@ impl Default for TenantDefaults {
             query_wait_timeout: Duration::from_secs(30),
             server_connect_timeout: Duration::from_secs(5),
             auth_type: AuthType::ScramSha256,
+            max_prepared_statements: 200,
+            query_timeout: Duration::ZERO,
+            idle_transaction_timeout: Duration::ZERO,
+            client_idle_timeout: Duration::ZERO,
+            server_idle_timeout: Duration::from_secs(600),
+            server_lifetime: Duration::from_secs(3600),
         }
     }
 }
@@ -192,6 +216,17 @@ pub struct TenantConfig {
     #[serde(default, with = "humantime_serde")]
     pub server_connect_timeout: Option<Duration>,
     pub auth_type: Option<AuthType>,
+    pub max_prepared_statements: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pub query_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub idle_transaction_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub client_idle_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub server_idle_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub server_lifetime: Option<Duration>,
 }
 
 /// A tenant with every default applied: what the pool and the session code
@@ -217,6 +252,13 @@ pub struct TenantSettings {
     pub query_wait_timeout: Duration,
     pub server_connect_timeout: Duration,
     pub auth_type: AuthType,
+    pub max_prepared_statements: u32,
+    /// `Duration::ZERO` means no limit, for this and the other timeouts below.
+    pub query_timeout: Duration,
+    pub idle_transaction_timeout: Duration,
+    pub client_idle_timeout: Duration,
+    pub server_idle_timeout: Duration,
+    pub server_lifetime: Duration,
 }
 
 impl TenantConfig {
@@ -254,6 +296,20 @@ impl TenantConfig {
                 .server_connect_timeout
                 .unwrap_or(defaults.server_connect_timeout),
             auth_type: self.auth_type.unwrap_or(defaults.auth_type),
+            max_prepared_statements: self
+                .max_prepared_statements
+                .unwrap_or(defaults.max_prepared_statements),
+            query_timeout: self.query_timeout.unwrap_or(defaults.query_timeout),
+            idle_transaction_timeout: self
+                .idle_transaction_timeout
+                .unwrap_or(defaults.idle_transaction_timeout),
+            client_idle_timeout: self
+                .client_idle_timeout
+                .unwrap_or(defaults.client_idle_timeout),
+            server_idle_timeout: self
+                .server_idle_timeout
+                .unwrap_or(defaults.server_idle_timeout),
+            server_lifetime: self.server_lifetime.unwrap_or(defaults.server_lifetime),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! ParameterStatus set and BackendKeyData up to the first ReadyForQuery.
 
 use super::{ServerConn, SERVER_READ_CHUNK};
+use crate::statements::ServerStatements;
 use crate::wire::{flush, read_message, ReadError};
 use bytes::BytesMut;
 use sluice_protocol::backend::{self, AuthRequest};
@@ -135,6 +136,7 @@ async fn login(
         cancel_key,
         addr,
         parameters: parameters.freeze(),
+        statements: ServerStatements::new(),
         _budget: budget,
     })
 }

@@ -10,6 +10,7 @@ mod reset;
 pub use connect::{connect, ConnectError, ServerTarget};
 pub use reset::{reset, InFlight};
 
+use crate::statements::ServerStatements;
 use bytes::{Bytes, BytesMut};
 use sluice_protocol::startup::CancelKey;
 use std::net::SocketAddr;
@@ -30,6 +31,8 @@ pub struct ServerConn {
     pub addr: SocketAddr,
     /// Raw ParameterStatus messages the server sent at login, ready to forward.
     pub parameters: Bytes,
+    /// The prepared statements this connection holds (transaction mode).
+    pub statements: ServerStatements,
     _budget: OwnedSemaphorePermit,
 }
 

@@ -58,12 +58,19 @@ pub enum SessionError {
     ServerLost(String),
     #[error("canceling statement due to user request (while waiting for a server connection)")]
     CancelledWhileWaiting,
+    #[error("terminating connection due to idle-in-transaction timeout (idle_transaction_timeout is {0:?})")]
+    IdleInTransactionTimeout(Duration),
+    #[error("terminating connection due to idle timeout (client_idle_timeout is {0:?})")]
+    ClientIdleTimeout(Duration),
 }
 
 impl SessionError {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            SessionError::LoginTimeout(_) | SessionError::WaitTimeout { .. } => ErrorKind::Timeout,
+            SessionError::LoginTimeout(_)
+            | SessionError::WaitTimeout { .. }
+            | SessionError::IdleInTransactionTimeout(_)
+            | SessionError::ClientIdleTimeout(_) => ErrorKind::Timeout,
             SessionError::ServerUnavailable { .. } | SessionError::ServerLost(_) => {
                 ErrorKind::Server
             }
@@ -83,6 +90,8 @@ impl SessionError {
             SessionError::TooManyClients { .. } | SessionError::WaitTimeout { .. } => "53300",
             SessionError::LoginTimeout(_) => "08006",
             SessionError::CancelledWhileWaiting => "57014",
+            SessionError::IdleInTransactionTimeout(_) => "25P03",
+            SessionError::ClientIdleTimeout(_) => "57P05",
             SessionError::ServerUnavailable {
                 source: ConnectError::Rejected { code, message },
                 tenant,

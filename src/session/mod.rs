@@ -7,6 +7,7 @@
 mod error;
 mod login;
 mod relay;
+mod timeouts;
 
 pub use error::{ErrorKind, SessionError};
 
@@ -50,6 +51,7 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, id: u64, shared: &Sh
                     &ready.tenant,
                     &ready.cancel.target,
                     ready.leased,
+                    id,
                 );
                 let result = relay.run().await;
                 drop(ready.slot);

@@ -2,8 +2,10 @@
 //! from its tenant's pool, and the results back.
 //!
 //! Bytes are forwarded as they arrive, straight out of the read buffers; only message
-//! headers are looked at (and the status byte of ReadyForQuery). Message bodies are
-//! never buffered whole, so a huge row or COPY stream uses no more memory than a read.
+//! headers are looked at, plus the few messages the proxy must understand: the status
+//! byte of ReadyForQuery and, in transaction mode, the statement names of Parse, Bind,
+//! Describe and Close (renamed and prepared on demand, see `statements`). Other bodies
+//! are never buffered whole, so a huge row or COPY stream uses no more memory than a read.
 //!
 //! Transaction mode leases a server connection when the client sends something and
 //! gives it back when the server reports ReadyForQuery 'I' with nothing else owed;
@@ -15,49 +17,31 @@
 //! `try_write`), so a slow reader on one side never stops the other direction from
 //! draining: no proxy-made deadlock when client and server both send a lot at once.
 
+use super::timeouts::{Deadline, Timeouts};
 use super::SessionError;
 use crate::cancel::CancelTarget;
 use crate::pool::{self, PooledServer};
 use crate::server::{self, InFlight, ServerConn};
+use crate::statements::{self, ClientStatements, Confirm, Plan, ResponseFilter};
 use crate::tenant::Tenant;
 use bytes::{Buf, Bytes, BytesMut};
 use deadpool::managed::Object;
-use sluice_protocol::frame::{backend_header, frontend_header, HEADER_LEN};
+use sluice_protocol::extended::{self, encode_bind, encode_target};
+use sluice_protocol::frame::{backend_header, frontend_header, Header, HEADER_LEN};
 use std::io::ErrorKind::WouldBlock;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
-/// Client read size. Between reads the buffer holds at most a partial header.
+/// Client read size. Between reads the buffer holds at most a partial message.
 const CLIENT_READ_CHUNK: usize = 8 * 1024;
 /// How much a client may pipeline while it waits for a server connection.
 const MAX_PENDING_WHILE_WAITING: usize = 64 * 1024;
 /// ReadyForQuery is a header plus one status byte.
 const READY_FOR_QUERY_LEN: usize = HEADER_LEN + 1;
-
-/// Position in a byte stream of messages: how much of the buffer's front is classified
-/// and may be forwarded, and how much of the current message body is still to come.
-#[derive(Default)]
-struct Cursor {
-    forwardable: usize,
-    body_left: usize,
-}
-
-impl Cursor {
-    /// Marks as forwardable the part of an announced body that has arrived; true when
-    /// the body is complete and the next header can be read.
-    fn take_body(&mut self, buffered: usize) -> bool {
-        let take = self.body_left.min(buffered - self.forwardable);
-        self.forwardable += take;
-        self.body_left -= take;
-        self.body_left == 0
-    }
-
-    fn at_boundary(&self) -> bool {
-        self.body_left == 0
-    }
-}
+/// Simple queries up to this size are read whole to spot `DISCARD ALL`/`DEALLOCATE ALL`.
+const MAX_INSPECTED_QUERY: usize = 64;
 
 /// What the client has asked of the server connection that is not yet answered.
 struct Exchange {
@@ -67,14 +51,67 @@ struct Exchange {
     status: u8,
 }
 
+/// Client bytes on their way to the server. Untouched messages are written straight
+/// from `buf` (its first `direct` bytes); once a message had to be rewritten, output is
+/// assembled in `assembled` until that drains, which keeps the order.
+struct ToServer {
+    buf: BytesMut,
+    direct: usize,
+    assembled: BytesMut,
+    /// Bytes of the current message body not yet passed on.
+    body_left: usize,
+    /// A whole message must be buffered before it can be passed on: its total size.
+    need_whole: usize,
+}
+
+impl ToServer {
+    fn pending(&self) -> usize {
+        self.direct + self.assembled.len()
+    }
+
+    /// Passes on `len` untouched bytes at the translation point.
+    fn pass(&mut self, len: usize) {
+        if self.assembled.is_empty() {
+            self.direct += len;
+        } else {
+            self.assembled.extend_from_slice(&self.buf[..len]);
+            self.buf.advance(len);
+        }
+    }
+
+    /// Starts assembled output: what is already direct goes first.
+    fn assemble(&mut self) -> &mut BytesMut {
+        if self.direct > 0 {
+            self.assembled.extend_from_slice(&self.buf[..self.direct]);
+            self.buf.advance(self.direct);
+            self.direct = 0;
+        }
+        &mut self.assembled
+    }
+
+    /// The untranslated bytes.
+    fn untranslated(&self) -> &[u8] {
+        &self.buf[self.direct..]
+    }
+}
+
+/// Server bytes on their way to the client, straight from the server's read buffer.
+#[derive(Default)]
+struct ToClient {
+    forwardable: usize,
+    body_left: usize,
+}
+
 pub struct Relay<'a> {
     client: &'a mut TcpStream,
-    client_buf: BytesMut,
-    from_client: Cursor,
-    from_server: Cursor,
+    to_server: ToServer,
+    to_client: ToClient,
     terminated: bool,
     server: Option<PooledServer>,
     exchange: Exchange,
+    statements: Option<ClientStatements>,
+    filter: ResponseFilter,
+    timeouts: Timeouts,
     tenant: &'a Tenant,
     cancel: &'a Arc<CancelTarget>,
 }
@@ -88,15 +125,23 @@ impl<'a> Relay<'a> {
         tenant: &'a Tenant,
         cancel: &'a Arc<CancelTarget>,
         server: Option<PooledServer>,
+        client_id: u64,
     ) -> Self {
         if let Some(server) = &server {
             cancel.attach(server.addr, server.cancel_key);
         }
+        let settings = &tenant.settings;
+        let tracks_statements = !tenant.is_session_mode() && settings.max_prepared_statements > 0;
         Relay {
             client,
-            client_buf,
-            from_client: Cursor::default(),
-            from_server: Cursor::default(),
+            to_server: ToServer {
+                buf: client_buf,
+                direct: 0,
+                assembled: BytesMut::new(),
+                body_left: 0,
+                need_whole: 0,
+            },
+            to_client: ToClient::default(),
             terminated: false,
             server,
             exchange: Exchange {
@@ -105,6 +150,9 @@ impl<'a> Relay<'a> {
                 copy_in: false,
                 status: b'I',
             },
+            statements: tracks_statements.then(|| ClientStatements::new(client_id)),
+            filter: ResponseFilter::default(),
+            timeouts: Timeouts::new(settings),
             tenant,
             cancel,
         }
@@ -115,8 +163,7 @@ impl<'a> Relay<'a> {
     /// reported to the client when that cannot cut a server message in two.
     pub async fn run(mut self) -> Result<(), SessionError> {
         let result = self.relay().await;
-        let client_at_boundary =
-            self.from_server.at_boundary() && self.from_server.forwardable == 0;
+        let client_at_boundary = self.to_client.body_left == 0 && self.to_client.forwardable == 0;
         if self.is_releasable() && !self.tenant.is_session_mode() {
             self.release();
         } else if let Some(server) = self.server.take() {
@@ -124,21 +171,18 @@ impl<'a> Relay<'a> {
                 pending_ready: self.exchange.pending_ready,
                 unsynced: self.exchange.unsynced,
                 copy_in: self.exchange.copy_in,
-                partial_message: !self.from_client.at_boundary(),
+                partial_message: self.to_server.body_left > 0,
                 status: self.exchange.status,
             };
-            let unsent = self
-                .client_buf
-                .split_to(self.from_client.forwardable)
-                .freeze();
+            let mut unsent = std::mem::take(&mut self.to_server.assembled);
+            unsent.extend_from_slice(&self.to_server.buf[..self.to_server.direct]);
             let discard_all = self.tenant.is_session_mode();
-            let cancels_pending = self.cancel.detach();
-            let cancel = cancels_pending.then(|| self.cancel.clone());
+            let cancel = self.cancel.detach().then(|| self.cancel.clone());
             tokio::spawn(async move {
                 if let Some(cancel) = cancel {
                     cancel.cancels_finished().await;
                 }
-                reset_or_close(server, unsent, in_flight, discard_all).await
+                reset_or_close(server, unsent.freeze(), in_flight, discard_all).await
             });
         }
         if let Err(e) = &result {
@@ -155,6 +199,7 @@ impl<'a> Relay<'a> {
         let Some(server) = self.server.take() else {
             return;
         };
+        self.filter = ResponseFilter::default();
         if self.cancel.detach() {
             let cancel = self.cancel.clone();
             tokio::spawn(async move {
@@ -167,27 +212,24 @@ impl<'a> Relay<'a> {
     async fn relay(&mut self) -> Result<(), SessionError> {
         loop {
             if self.server.is_none() {
-                if self.from_client.forwardable == 0 {
-                    if self.terminated {
-                        return Ok(());
+                match frontend_header(self.to_server.untranslated())? {
+                    Some(Header { tag: b'X', .. }) => return Ok(()),
+                    Some(_) => self.attach().await?,
+                    None if self.terminated => return Ok(()),
+                    None => {
+                        self.wait_idle().await?;
+                        continue;
                     }
-                    self.client
-                        .readable()
-                        .await
-                        .map_err(SessionError::ClientIo)?;
-                    if !self.read_client()? && !self.from_client.at_boundary() {
-                        // The client left in the middle of a message: nothing to send.
-                        return Ok(());
-                    }
-                    continue;
                 }
-                self.attach().await?;
             }
-            if self.from_client.forwardable > 0 {
+            self.translate()?;
+            if self.to_server.pending() > 0 {
                 self.write_to_server()?;
             }
-            if self.from_server.forwardable > 0 {
+            self.scan_server()?;
+            if self.to_client.forwardable > 0 {
                 self.write_to_client()?;
+                self.scan_server()?;
             }
             if self.is_releasable() {
                 if self.terminated {
@@ -197,21 +239,41 @@ impl<'a> Relay<'a> {
                     self.release();
                     continue;
                 }
-            } else if self.terminated && self.from_client.forwardable == 0 {
+            } else if self.terminated && self.to_server.pending() == 0 {
                 return Ok(());
             }
             self.wait_and_transfer().await?;
         }
     }
 
-    /// Waits for the next readiness event on either socket and moves bytes.
+    /// No server connection: waits for the client (bounded by `client_idle_timeout`).
+    async fn wait_idle(&mut self) -> Result<(), SessionError> {
+        let deadline = self.timeouts.idle_deadline(false);
+        tokio::select! {
+            r = self.client.readable() => r.map_err(SessionError::ClientIo)?,
+            () = Deadline::sleep(deadline) => return Err(self.timeouts.expired(false)),
+        }
+        if !self.read_client()? {
+            self.terminated = true;
+        }
+        Ok(())
+    }
+
+    /// Waits for the next readiness event on either socket, or a timeout, and moves bytes.
     async fn wait_and_transfer(&mut self) -> Result<(), SessionError> {
         let server = &self.server.as_ref().expect("attached").stream;
         let client = &*self.client;
-        let read_client = self.from_client.forwardable == 0 && !self.terminated;
-        let read_server = self.from_server.forwardable == 0;
-        let write_server = self.from_client.forwardable > 0;
-        let write_client = self.from_server.forwardable > 0;
+        let read_client = self.to_server.pending() == 0 && !self.terminated;
+        let read_server = self.to_client.forwardable == 0;
+        let write_server = self.to_server.pending() > 0;
+        let write_client = self.to_client.forwardable > 0;
+        let in_transaction = self.exchange.status != b'I';
+        let busy = self.exchange.pending_ready > 0;
+        let deadline = if busy {
+            self.timeouts.query_deadline()
+        } else {
+            self.timeouts.idle_deadline(in_transaction)
+        };
         tokio::select! {
             r = client.readable(), if read_client => {
                 r.map_err(SessionError::ClientIo)?;
@@ -229,6 +291,15 @@ impl<'a> Relay<'a> {
             r = client.writable(), if write_client => {
                 r.map_err(SessionError::ClientIo)?;
             }
+            () = Deadline::sleep(deadline) => {
+                if busy {
+                    self.timeouts.query_cancelled();
+                    let cancel = self.cancel.clone();
+                    tokio::spawn(async move { cancel.cancel_current().await });
+                } else {
+                    return Err(self.timeouts.expired(in_transaction));
+                }
+            }
         }
         Ok(())
     }
@@ -241,8 +312,9 @@ impl<'a> Relay<'a> {
         self.exchange.pending_ready == 0
             && !self.exchange.unsynced
             && self.exchange.status == b'I'
-            && self.from_client.at_boundary()
-            && self.from_server.at_boundary()
+            && self.to_server.body_left == 0
+            && self.to_server.pending() == 0
+            && self.to_client.body_left == 0
             && server.read_buf.is_empty()
     }
 
@@ -257,7 +329,7 @@ impl<'a> Relay<'a> {
         cancel.set_waiting(true);
         let leased = loop {
             let watch_client =
-                !self.terminated && self.client_buf.len() < MAX_PENDING_WHILE_WAITING;
+                !self.terminated && self.to_server.buf.len() < MAX_PENDING_WHILE_WAITING;
             tokio::select! {
                 leased = &mut checkout => break leased,
                 () = cancel.cancelled_while_waiting() => {
@@ -280,13 +352,15 @@ impl<'a> Relay<'a> {
         Ok(())
     }
 
-    /// Reads what the client sent and classifies complete headers. False on EOF.
+    /// Reads what the client sent. False on EOF.
     fn read_client(&mut self) -> Result<bool, SessionError> {
-        reserve_for_read(&mut self.client_buf, CLIENT_READ_CHUNK);
-        match self.client.try_read_buf(&mut self.client_buf) {
+        let buf = &mut self.to_server.buf;
+        let wanted = self.to_server.need_whole.saturating_sub(buf.len());
+        reserve_for_read(buf, CLIENT_READ_CHUNK.max(wanted));
+        match self.client.try_read_buf(buf) {
             Ok(0) => Ok(false),
             Ok(_) => {
-                self.scan_client()?;
+                self.timeouts.client_active();
                 Ok(true)
             }
             Err(e) if e.kind() == WouldBlock => Ok(true),
@@ -294,55 +368,227 @@ impl<'a> Relay<'a> {
         }
     }
 
-    fn scan_client(&mut self) -> Result<(), SessionError> {
-        let buf = &mut self.client_buf;
-        let cursor = &mut self.from_client;
-        while !self.terminated && cursor.take_body(buf.len()) {
-            let Some(header) = frontend_header(&buf[cursor.forwardable..])? else {
-                break;
+    /// Moves client messages towards the server as far as the buffered bytes allow,
+    /// counting what the server will owe and rewriting statement names.
+    fn translate(&mut self) -> Result<(), SessionError> {
+        loop {
+            let out = &mut self.to_server;
+            if out.body_left > 0 {
+                let take = out.body_left.min(out.untranslated().len());
+                out.pass(take);
+                out.body_left -= take;
+                if out.body_left > 0 {
+                    return Ok(());
+                }
+            }
+            if self.terminated {
+                return Ok(());
+            }
+            let Some(header) = frontend_header(out.untranslated())? else {
+                return Ok(());
             };
+            let whole = header.message_len();
+            let tracked = self.statements.is_some();
+            let needs_whole = tracked
+                && (matches!(header.tag, b'P' | b'B' | b'D' | b'C')
+                    || (header.tag == b'Q' && header.body_len <= MAX_INSPECTED_QUERY));
+            if needs_whole && out.untranslated().len() < whole {
+                out.need_whole = whole;
+                return Ok(());
+            }
+            out.need_whole = 0;
             match header.tag {
                 b'X' => {
                     // Terminate ends the client, not the pooled server session.
-                    buf.truncate(cursor.forwardable);
+                    let at = out.direct;
+                    out.buf.truncate(at);
                     self.terminated = true;
-                    break;
+                    return Ok(());
                 }
-                b'Q' | b'F' => self.exchange.pending_ready += 1,
-                b'S' => {
+                b'Q' | b'F' | b'S' => {
                     self.exchange.pending_ready += 1;
-                    self.exchange.unsynced = false;
+                    self.timeouts.request_sent(self.exchange.pending_ready);
+                    self.filter.batch_sent();
+                    if header.tag == b'S' {
+                        self.exchange.unsynced = false;
+                    }
+                    if header.tag == b'Q' && tracked {
+                        self.simple_query(&header);
+                    }
                 }
                 b'P' | b'B' | b'E' | b'D' | b'C' | b'H' => self.exchange.unsynced = true,
                 _ => {}
             }
-            cursor.forwardable += HEADER_LEN;
-            cursor.body_left = header.body_len;
+            if needs_whole && header.tag != b'Q' {
+                if self.statement_message(header.tag, whole)? {
+                    continue;
+                }
+                if header.tag == b'C' {
+                    self.filter.close_sent(false);
+                }
+            }
+            let out = &mut self.to_server;
+            out.pass(HEADER_LEN);
+            out.body_left = header.body_len;
         }
-        Ok(())
     }
 
-    /// Reads what the server sent and classifies complete headers.
+    /// A short simple query: `DISCARD ALL` and `DEALLOCATE ALL` drop every prepared
+    /// statement, and any simple query drops the unnamed one.
+    fn simple_query(&mut self, header: &Header) {
+        let server = &mut self.server.as_mut().expect("attached").statements;
+        server.set_unnamed(None);
+        if header.body_len > MAX_INSPECTED_QUERY {
+            return;
+        }
+        let body = &self.to_server.untranslated()[HEADER_LEN..header.message_len()];
+        let sql = String::from_utf8_lossy(body);
+        let command = sql
+            .trim_end_matches('\0')
+            .trim()
+            .trim_end_matches(';')
+            .trim()
+            .to_ascii_uppercase();
+        let words: Vec<&str> = command.split_whitespace().collect();
+        if words == ["DISCARD", "ALL"] || words == ["DEALLOCATE", "ALL"] {
+            server.clear();
+            if let Some(client) = &mut self.statements {
+                client.clear();
+            }
+        }
+    }
+
+    /// Handles a complete Parse, Bind, Describe or Close at the translation point.
+    /// Returns true when the message was replaced by its rewrite (already in the
+    /// output), false to pass it on as is (after anything injected before it).
+    fn statement_message(&mut self, tag: u8, whole: usize) -> Result<bool, SessionError> {
+        let server = &mut self.server.as_mut().expect("attached").statements;
+        let client = self.statements.as_mut().expect("tracking statements");
+        let capacity = self.tenant.settings.max_prepared_statements as usize;
+        let message = &self.to_server.untranslated()[..whole];
+        let body = &message[HEADER_LEN..];
+        let plan = match tag {
+            b'P' => {
+                let parse = extended::parse_parse(body)?;
+                if parse.statement.is_empty() {
+                    server.set_unnamed(None);
+                    let owner = client.remember_unnamed(message);
+                    self.filter.parse_sent(false, Confirm::Unnamed(owner));
+                    return Ok(false);
+                }
+                // The client's own Parse: its ParseComplete is the client's to see.
+                let statement = client.prepare(parse.statement, parse.rest);
+                Plan::prepare(server, capacity, statement, false)
+            }
+            b'B' => {
+                let bind = extended::parse_bind(body)?;
+                Plan::for_use(server, client, capacity, bind.statement)
+            }
+            b'D' => {
+                let target = extended::parse_target(body)?;
+                if !target.is_statement() {
+                    return Ok(false);
+                }
+                Plan::for_use(server, client, capacity, target.name)
+            }
+            _ => {
+                let target = extended::parse_target(body)?;
+                if !target.is_statement() {
+                    self.filter.close_sent(false);
+                    return Ok(false);
+                }
+                if target.name.is_empty() {
+                    server.set_unnamed(None);
+                    client.forget_unnamed();
+                    self.filter.close_sent(false);
+                    return Ok(false);
+                }
+                let Some(statement) = client.close(target.name) else {
+                    self.filter.close_sent(false);
+                    return Ok(false);
+                };
+                server.forget(&statement.server_name);
+                Plan {
+                    rename: Some(statement.server_name.clone()),
+                    ..Plan::default()
+                }
+            }
+        };
+        if plan.is_nothing() {
+            if tag == b'C' {
+                self.filter.close_sent(false);
+            }
+            return Ok(false);
+        }
+        let out = &mut self.to_server;
+        let assembled = out.assemble();
+        for name in plan.close.iter().flatten() {
+            statements::encode_close_statement(assembled, name);
+            self.filter.close_sent(true);
+        }
+        if let Some((parse, confirm, swallow)) = plan.parse {
+            assembled.extend_from_slice(&parse);
+            self.filter.parse_sent(swallow, confirm);
+        }
+        // A named Parse was replaced by its server-side form above; a Bind, Describe or
+        // Close is replaced when it names a statement sluice renamed.
+        let server_name = match (tag, plan.rename) {
+            (b'P', _) => Bytes::new(),
+            (_, Some(server_name)) => server_name,
+            (_, None) => return Ok(false),
+        };
+        let message = out.buf.split_to(whole);
+        let body = &message[HEADER_LEN..];
+        match tag {
+            b'P' => {}
+            b'B' => {
+                let bind = extended::parse_bind(body)?;
+                encode_bind(&mut out.assembled, bind.portal, &server_name, bind.rest);
+            }
+            b'D' => encode_target(&mut out.assembled, b'D', b'S', &server_name),
+            _ => {
+                statements::encode_close_statement(&mut out.assembled, &server_name);
+                self.filter.close_sent(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Reads what the server sent.
     fn read_server(&mut self) -> Result<(), SessionError> {
         let server: &mut ServerConn = self.server.as_mut().expect("attached");
         reserve_for_read(&mut server.read_buf, server::SERVER_READ_CHUNK);
         let read = server.stream.try_read_buf(&mut server.read_buf);
         match read {
             Ok(0) => Err(self.server_lost("server closed the connection")),
-            Ok(_) => self.scan_server(),
+            Ok(_) => Ok(()),
             Err(e) if e.kind() == WouldBlock => Ok(()),
             Err(e) => Err(self.server_lost(&e.to_string())),
         }
     }
 
+    /// Classifies the server's complete headers: counts ReadyForQuery, notes COPY IN, and
+    /// drops the answers to messages sluice injected.
     fn scan_server(&mut self) -> Result<(), SessionError> {
-        let buf = &self.server.as_ref().expect("attached").read_buf;
-        let cursor = &mut self.from_server;
-        while cursor.take_body(buf.len()) {
-            let rest = &buf[cursor.forwardable..];
+        let Some(server) = self.server.as_mut() else {
+            return Ok(());
+        };
+        let server: &mut ServerConn = server;
+        let to_client = &mut self.to_client;
+        loop {
+            let buf = &server.read_buf;
+            if to_client.body_left > 0 {
+                let take = to_client.body_left.min(buf.len() - to_client.forwardable);
+                to_client.forwardable += take;
+                to_client.body_left -= take;
+                if to_client.body_left > 0 {
+                    return Ok(());
+                }
+            }
+            let rest = &buf[to_client.forwardable..];
             let header = match backend_header(rest) {
                 Ok(Some(header)) => header,
-                Ok(None) => break,
+                Ok(None) => return Ok(()),
                 Err(e) => {
                     return Err(SessionError::ServerLost(format!(
                         "malformed server message: {e}"
@@ -352,30 +598,54 @@ impl<'a> Relay<'a> {
             match header.tag {
                 b'Z' => {
                     if rest.len() < READY_FOR_QUERY_LEN {
-                        break;
+                        return Ok(());
                     }
                     self.exchange.status = rest[HEADER_LEN];
                     self.exchange.pending_ready = self.exchange.pending_ready.saturating_sub(1);
                     self.exchange.copy_in = false;
+                    self.filter.batch_done();
+                    self.timeouts.ready_received(self.exchange.pending_ready);
                 }
                 b'G' => self.exchange.copy_in = true,
+                b'1' | b'3' => {
+                    // Answers must be matched in order, so one to swallow waits until
+                    // everything before it has been written to the client.
+                    if self.filter.may_swallow() && to_client.forwardable > 0 {
+                        return Ok(());
+                    }
+                    let swallow = if header.tag == b'1' {
+                        self.filter.parse_complete(&mut server.statements)
+                    } else {
+                        self.filter.close_complete()
+                    };
+                    if swallow {
+                        server.read_buf.advance(HEADER_LEN);
+                        continue;
+                    }
+                }
                 _ => {}
             }
-            cursor.forwardable += HEADER_LEN;
-            cursor.body_left = header.body_len;
+            to_client.forwardable += HEADER_LEN;
+            to_client.body_left = header.body_len;
         }
-        Ok(())
     }
 
     fn write_to_server(&mut self) -> Result<(), SessionError> {
         let server = self.server.as_mut().expect("attached");
-        let written = server
-            .stream
-            .try_write(&self.client_buf[..self.from_client.forwardable]);
+        let out = &mut self.to_server;
+        let written = if out.assembled.is_empty() {
+            server.stream.try_write(&out.buf[..out.direct])
+        } else {
+            server.stream.try_write(&out.assembled)
+        };
         match written {
             Ok(n) => {
-                self.client_buf.advance(n);
-                self.from_client.forwardable -= n;
+                if out.assembled.is_empty() {
+                    out.buf.advance(n);
+                    out.direct -= n;
+                } else {
+                    out.assembled.advance(n);
+                }
                 Ok(())
             }
             Err(e) if e.kind() == WouldBlock => Ok(()),
@@ -385,11 +655,11 @@ impl<'a> Relay<'a> {
 
     fn write_to_client(&mut self) -> Result<(), SessionError> {
         let server = self.server.as_mut().expect("attached");
-        let ready = &server.read_buf[..self.from_server.forwardable];
+        let ready = &server.read_buf[..self.to_client.forwardable];
         match self.client.try_write(ready) {
             Ok(n) => {
                 server.read_buf.advance(n);
-                self.from_server.forwardable -= n;
+                self.to_client.forwardable -= n;
                 Ok(())
             }
             Err(e) if e.kind() == WouldBlock => Ok(()),
@@ -397,21 +667,24 @@ impl<'a> Relay<'a> {
         }
     }
 
-    /// The server connection failed: it is closed rather than returned to the pool, and
-    /// the client is told if it sits at a message boundary.
+    /// The server connection failed: it is closed rather than returned to the pool.
     fn server_lost(&mut self, why: &str) -> SessionError {
         if let Some(server) = self.server.take() {
             warn!(server = %server.addr, reason = why, "server connection lost");
+            self.cancel.detach();
             drop(Object::take(server));
         }
         SessionError::ServerLost(why.to_owned())
     }
 }
 
-/// Makes room for one read, reusing the buffer's allocation when it is drained.
+/// Makes room for one read of `chunk` bytes, reusing the buffer's allocation when it is
+/// drained.
 fn reserve_for_read(buf: &mut BytesMut, chunk: usize) {
-    if buf.capacity() - buf.len() < chunk / 4 {
-        buf.reserve(chunk - buf.len().min(chunk / 2));
+    if buf.capacity() - buf.len() < chunk.min(CLIENT_READ_CHUNK) / 4
+        || buf.capacity() - buf.len() < chunk / 2
+    {
+        buf.reserve(chunk);
     }
 }
 
@@ -427,6 +700,9 @@ async fn reset_or_close(
     let conn: &mut ServerConn = &mut server;
     let reset = async {
         conn.stream.write_all(&unsent).await?;
+        if discard_all {
+            conn.statements.clear();
+        }
         server::reset(conn, in_flight, discard_all).await
     };
     match reset.await {

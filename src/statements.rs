@@ -1,0 +1,429 @@
+//! Prepared statements under transaction pooling. A client's named statements must keep
+//! working whichever server connection it lands on, and the lib/pq pattern (an unnamed
+//! Parse in one Sync batch, its Bind in the next) must survive a change of server.
+//!
+//! - Each client keeps its own map from statement name to [`Statement`]: the query and
+//!   parameter types under a server-side name derived from their hash, so clients that
+//!   prepare the same query share one server-side statement.
+//! - Each server connection keeps [`ServerStatements`]: which server-side names it has
+//!   prepared (a bounded LRU, `max_prepared_statements`) and whose unnamed statement it
+//!   holds. A name counts as prepared only once the server confirmed it (ParseComplete),
+//!   and stops counting as soon as sluice sends a Close for it, so the record can only
+//!   err towards preparing again — and every Parse sluice sends for a named statement is
+//!   preceded by a Close of that name, so preparing again is always safe.
+//! - [`ResponseFilter`] drops the ParseComplete and CloseComplete answers to the
+//!   messages sluice injected, and applies confirmations, in the order the server sends
+//!   them.
+
+use bytes::{Bytes, BytesMut};
+use ring::digest;
+use sluice_protocol::extended::{encode_parse, encode_target};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+/// A statement a client prepared, as sluice prepares it on servers.
+pub struct Statement {
+    /// "sluice_" + hex of the first 16 bytes of SHA-256(query, parameter types).
+    pub server_name: Bytes,
+    /// The complete Parse message under `server_name`.
+    pub parse: Bytes,
+}
+
+impl Statement {
+    /// Builds the server-side form of a Parse whose body after the name is `rest`.
+    pub fn new(rest: &[u8]) -> Self {
+        let hash = digest::digest(&digest::SHA256, rest);
+        let mut name = String::with_capacity(7 + 32);
+        name.push_str("sluice_");
+        for byte in &hash.as_ref()[..16] {
+            name.push_str(&format!("{byte:02x}"));
+        }
+        let server_name = Bytes::from(name);
+        let mut parse = BytesMut::new();
+        encode_parse(&mut parse, &server_name, rest);
+        Statement {
+            server_name,
+            parse: parse.freeze(),
+        }
+    }
+}
+
+/// One client's prepared statements.
+pub struct ClientStatements {
+    /// Identifies this client in [`ServerStatements::unnamed`].
+    client_id: u64,
+    named: HashMap<Bytes, Arc<Statement>>,
+    /// The client's latest unnamed Parse message, replayed on other servers before its Bind.
+    unnamed_parse: BytesMut,
+    /// Counts the client's unnamed Parses; 0 means it has none.
+    unnamed_seq: u64,
+}
+
+impl ClientStatements {
+    pub fn new(client_id: u64) -> Self {
+        ClientStatements {
+            client_id,
+            named: HashMap::new(),
+            unnamed_parse: BytesMut::new(),
+            unnamed_seq: 0,
+        }
+    }
+
+    /// Records a named Parse and returns its server-side form.
+    pub fn prepare(&mut self, name: &[u8], rest: &[u8]) -> Arc<Statement> {
+        let statement = Arc::new(Statement::new(rest));
+        self.named
+            .insert(Bytes::copy_from_slice(name), statement.clone());
+        statement
+    }
+
+    pub fn get(&self, name: &[u8]) -> Option<&Arc<Statement>> {
+        self.named.get(name)
+    }
+
+    pub fn close(&mut self, name: &[u8]) -> Option<Arc<Statement>> {
+        self.named.remove(name)
+    }
+
+    /// Records the client's unnamed Parse message (complete, as sent).
+    pub fn remember_unnamed(&mut self, message: &[u8]) -> UnnamedOwner {
+        self.unnamed_parse.clear();
+        self.unnamed_parse.extend_from_slice(message);
+        self.unnamed_seq += 1;
+        self.unnamed_owner()
+    }
+
+    pub fn forget_unnamed(&mut self) {
+        self.unnamed_parse.clear();
+        self.unnamed_seq = 0;
+    }
+
+    /// The unnamed Parse to replay before a Bind/Describe of the unnamed statement on
+    /// `server`, when `server` does not hold this client's latest one.
+    pub fn unnamed_to_replay(&self, server: &ServerStatements) -> Option<(&[u8], UnnamedOwner)> {
+        let owner = self.unnamed_owner();
+        (self.unnamed_seq != 0 && server.unnamed != Some(owner))
+            .then_some((&self.unnamed_parse[..], owner))
+    }
+
+    /// `DEALLOCATE ALL` or `DISCARD ALL`: the client has no statements any more.
+    pub fn clear(&mut self) {
+        self.named.clear();
+        self.forget_unnamed();
+    }
+
+    fn unnamed_owner(&self) -> UnnamedOwner {
+        UnnamedOwner {
+            client_id: self.client_id,
+            seq: self.unnamed_seq,
+        }
+    }
+}
+
+/// Which client's which unnamed Parse a server connection holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnnamedOwner {
+    client_id: u64,
+    seq: u64,
+}
+
+/// What one server connection has prepared.
+pub struct ServerStatements {
+    /// Server-side name → last use, for least-recently-used eviction.
+    prepared: HashMap<Bytes, u64>,
+    clock: u64,
+    unnamed: Option<UnnamedOwner>,
+}
+
+impl ServerStatements {
+    pub fn new() -> Self {
+        ServerStatements {
+            prepared: HashMap::new(),
+            clock: 0,
+            unnamed: None,
+        }
+    }
+
+    /// True (and marks it used) when `name` is prepared on this server.
+    pub fn touch(&mut self, name: &Bytes) -> bool {
+        self.clock += 1;
+        match self.prepared.get_mut(name) {
+            Some(used) => {
+                *used = self.clock;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Stops counting `name` as prepared: a Close for it is about to be sent.
+    pub fn forget(&mut self, name: &Bytes) {
+        self.prepared.remove(name);
+    }
+
+    /// Picks the least recently used statement to close when `capacity` is reached.
+    pub fn evict_for_one_more(&mut self, capacity: usize) -> Option<Bytes> {
+        if self.prepared.len() < capacity.max(1) {
+            return None;
+        }
+        let oldest = self
+            .prepared
+            .iter()
+            .min_by_key(|(_, used)| **used)
+            .map(|(name, _)| name.clone())?;
+        self.prepared.remove(&oldest);
+        Some(oldest)
+    }
+
+    pub fn set_unnamed(&mut self, owner: Option<UnnamedOwner>) {
+        self.unnamed = owner;
+    }
+
+    /// The server dropped every statement (`DEALLOCATE ALL`, `DISCARD ALL`).
+    pub fn clear(&mut self) {
+        self.prepared.clear();
+        self.unnamed = None;
+    }
+
+    fn confirm(&mut self, confirmation: Confirm) {
+        self.clock += 1;
+        match confirmation {
+            Confirm::Prepared(name) => {
+                self.prepared.insert(name, self.clock);
+            }
+            Confirm::Unnamed(owner) => self.unnamed = Some(owner),
+        }
+    }
+}
+
+/// What a ParseComplete confirms.
+pub enum Confirm {
+    Prepared(Bytes),
+    Unnamed(UnnamedOwner),
+}
+
+struct Expected<T> {
+    /// Number of the Sync batch the message was sent in.
+    batch: u64,
+    /// sluice sent the message itself: the client must not see the answer.
+    swallow: bool,
+    what: T,
+}
+
+/// Matches the server's ParseComplete and CloseComplete answers with the Parse and Close
+/// messages sent, in order. Answers to messages skipped after an error never come; their
+/// entries are dropped when the batch's ReadyForQuery arrives.
+#[derive(Default)]
+pub struct ResponseFilter {
+    parses: VecDeque<Expected<Confirm>>,
+    closes: VecDeque<Expected<()>>,
+    batches_sent: u64,
+    batches_done: u64,
+    /// Entries with `swallow` set.
+    swallows: usize,
+}
+
+impl ResponseFilter {
+    pub fn parse_sent(&mut self, swallow: bool, confirm: Confirm) {
+        let batch = self.batches_sent;
+        self.swallows += usize::from(swallow);
+        self.parses.push_back(Expected {
+            batch,
+            swallow,
+            what: confirm,
+        });
+    }
+
+    pub fn close_sent(&mut self, swallow: bool) {
+        let batch = self.batches_sent;
+        self.swallows += usize::from(swallow);
+        self.closes.push_back(Expected {
+            batch,
+            swallow,
+            what: (),
+        });
+    }
+
+    /// A Sync, Query or FunctionCall was sent: it ends a batch.
+    pub fn batch_sent(&mut self) {
+        self.batches_sent += 1;
+    }
+
+    /// ReadyForQuery arrived: the oldest open batch is complete.
+    pub fn batch_done(&mut self) {
+        let done = self.batches_done;
+        self.batches_done += 1;
+        while self.parses.front().is_some_and(|e| e.batch <= done) {
+            let expected = self.parses.pop_front().expect("checked above");
+            self.swallows -= usize::from(expected.swallow);
+        }
+        while self.closes.front().is_some_and(|e| e.batch <= done) {
+            let expected = self.closes.pop_front().expect("checked above");
+            self.swallows -= usize::from(expected.swallow);
+        }
+    }
+
+    /// A ParseComplete arrived; true when the client must not see it.
+    pub fn parse_complete(&mut self, server: &mut ServerStatements) -> bool {
+        match self.parses.pop_front() {
+            Some(expected) => {
+                server.confirm(expected.what);
+                self.swallows -= usize::from(expected.swallow);
+                expected.swallow
+            }
+            None => false,
+        }
+    }
+
+    /// A CloseComplete arrived; true when the client must not see it.
+    pub fn close_complete(&mut self) -> bool {
+        let swallow = self.closes.pop_front().is_some_and(|e| e.swallow);
+        self.swallows -= usize::from(swallow);
+        swallow
+    }
+
+    /// True when an answer to be swallowed may still arrive.
+    pub fn may_swallow(&self) -> bool {
+        self.swallows > 0
+    }
+}
+
+/// What must go to the server before a client's Parse, Bind, Describe or Close, and the
+/// server-side name that message should carry instead of the client's.
+#[derive(Default)]
+pub struct Plan {
+    /// Server-side statements to close first: an evicted one, and the one about to be
+    /// prepared (in case the server still has it without sluice knowing).
+    pub close: [Option<Bytes>; 2],
+    /// A Parse to send, what its ParseComplete confirms, and whether to swallow that.
+    pub parse: Option<(Bytes, Confirm, bool)>,
+    pub rename: Option<Bytes>,
+}
+
+impl Plan {
+    /// Prepares `statement` on `server`, evicting the least recently used if full.
+    pub fn prepare(
+        server: &mut ServerStatements,
+        capacity: usize,
+        statement: Arc<Statement>,
+        swallow: bool,
+    ) -> Plan {
+        server.forget(&statement.server_name);
+        let evicted = server.evict_for_one_more(capacity);
+        let confirm = Confirm::Prepared(statement.server_name.clone());
+        Plan {
+            close: [evicted, Some(statement.server_name.clone())],
+            parse: Some((statement.parse.clone(), confirm, swallow)),
+            rename: None,
+        }
+    }
+
+    /// For a Bind or Describe of the client's statement `name` on `server`: prepares it
+    /// there first when missing (for the unnamed statement, replays the client's last
+    /// unnamed Parse), and renames it to its server-side name.
+    pub fn for_use(
+        server: &mut ServerStatements,
+        client: &ClientStatements,
+        capacity: usize,
+        name: &[u8],
+    ) -> Plan {
+        if name.is_empty() {
+            let Some((parse, owner)) = client.unnamed_to_replay(server) else {
+                return Plan::default();
+            };
+            server.set_unnamed(None);
+            return Plan {
+                parse: Some((Bytes::copy_from_slice(parse), Confirm::Unnamed(owner), true)),
+                ..Plan::default()
+            };
+        }
+        let Some(statement) = client.get(name) else {
+            return Plan::default();
+        };
+        let server_name = statement.server_name.clone();
+        let mut plan = if server.touch(&server_name) {
+            Plan::default()
+        } else {
+            Plan::prepare(server, capacity, statement.clone(), true)
+        };
+        plan.rename = Some(server_name);
+        plan
+    }
+
+    pub fn is_nothing(&self) -> bool {
+        self.close.iter().all(Option::is_none) && self.parse.is_none() && self.rename.is_none()
+    }
+}
+
+/// Appends a Close of a server-side statement.
+pub fn encode_close_statement(buf: &mut BytesMut, server_name: &[u8]) {
+    encode_target(buf, b'C', b'S', server_name);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_query_gets_the_same_server_name_in_every_client() {
+        let mut a = ClientStatements::new(1);
+        let mut b = ClientStatements::new(2);
+        let x = a.prepare(b"s1", b"SELECT 1\0\0\0");
+        let y = b.prepare(b"other", b"SELECT 1\0\0\0");
+        let z = b.prepare(b"s2", b"SELECT 2\0\0\0");
+        assert_eq!(x.server_name, y.server_name);
+        assert_ne!(x.server_name, z.server_name);
+        assert!(x.server_name.starts_with(b"sluice_"));
+    }
+
+    #[test]
+    fn prepared_counts_only_after_confirmation_and_errors_drop_expectations() {
+        let mut server = ServerStatements::new();
+        let mut filter = ResponseFilter::default();
+        let statement = Statement::new(b"SELECT 1\0\0\0");
+        filter.close_sent(true);
+        filter.parse_sent(true, Confirm::Prepared(statement.server_name.clone()));
+        filter.batch_sent();
+        assert!(!server.touch(&statement.server_name));
+        assert!(filter.close_complete());
+        assert!(filter.parse_complete(&mut server));
+        assert!(server.touch(&statement.server_name));
+        filter.batch_done();
+
+        // A batch whose Parse was skipped after an error: its ParseComplete never comes.
+        filter.parse_sent(false, Confirm::Prepared(Bytes::from_static(b"sluice_y")));
+        filter.batch_sent();
+        filter.batch_done();
+        filter.parse_sent(false, Confirm::Prepared(Bytes::from_static(b"sluice_z")));
+        filter.batch_sent();
+        assert!(!filter.parse_complete(&mut server));
+        assert!(!server.touch(&Bytes::from_static(b"sluice_y")));
+    }
+
+    #[test]
+    fn eviction_picks_the_least_recently_used() {
+        let mut server = ServerStatements::new();
+        for name in ["a", "b", "c"] {
+            server.confirm(Confirm::Prepared(Bytes::from(name)));
+        }
+        assert!(server.touch(&Bytes::from("a")));
+        assert_eq!(server.evict_for_one_more(3), Some(Bytes::from("b")));
+        assert_eq!(server.evict_for_one_more(3), None);
+    }
+
+    #[test]
+    fn unnamed_parse_is_replayed_only_on_servers_without_it() {
+        let mut client = ClientStatements::new(7);
+        let mut server = ServerStatements::new();
+        assert!(
+            client.unnamed_to_replay(&server).is_none(),
+            "nothing to replay yet"
+        );
+        let owner = client.remember_unnamed(b"P...");
+        assert!(client.unnamed_to_replay(&server).is_some());
+        server.set_unnamed(Some(owner));
+        assert!(client.unnamed_to_replay(&server).is_none());
+        client.remember_unnamed(b"P2..");
+        assert_eq!(client.unnamed_to_replay(&server).unwrap().0, b"P2..");
+    }
+}
