@@ -3,5 +3,14 @@
 //! server, and every test creates its own tenants, so tests run in parallel.
 #![forbid(unsafe_code)]
 
+mod common;
 mod harness;
+mod raw;
 mod smoke;
+
+mod basics;
+mod config_check;
+mod errors;
+mod hygiene;
+mod isolation;
+mod pgbench;

@@ -17,14 +17,14 @@ mod sluice;
 
 #[allow(unused_imports)]
 pub use client::{
-    connect, conninfo, error_text, pgbench, pgbench_init, psql, psql_ok, sqlstate, try_connect,
-    Endpoint, PgbenchSummary,
+    connect, conninfo, error_text, pg_command, pgbench, pgbench_init, psql, psql_ok, sqlstate,
+    try_connect, Endpoint, PgbenchSummary,
 };
 #[allow(unused_imports)]
 pub use config::{Admin, Cluster, Defaults, SluiceConfig, Tenant};
 #[allow(unused_imports)]
 pub use postgres::{ident, literal, Postgres, TenantDb};
 #[allow(unused_imports)]
-pub use process::{free_port, poll_until, port_is_free, signal};
+pub use process::{free_port, output_with_timeout, poll_until, port_is_free, signal};
 #[allow(unused_imports)]
 pub use sluice::Sluice;
