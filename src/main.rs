@@ -20,6 +20,7 @@ use config::Config;
 use listener::Shared;
 use session::SessionConfig;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 use tenant::Tenants;
 use tokio::signal::unix::{signal, SignalKind};
@@ -48,8 +49,18 @@ enum LogFormat {
     Json,
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+fn main() -> ExitCode {
+    match run_command(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // The whole chain of causes, without a backtrace even when RUST_BACKTRACE is set.
+            eprintln!("sluice: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run_command(args: Args) -> anyhow::Result<()> {
     if let Some(path) = args.check_config {
         let config = load(&path)?;
         println!(

@@ -8,12 +8,16 @@
 use super::ServerConn;
 use crate::wire::flush;
 use bytes::{Buf, BytesMut};
+use sluice_protocol::extended::encode_target;
 use sluice_protocol::frame::backend_header;
 use sluice_protocol::frontend;
 use sluice_protocol::startup::encode_cancel_request;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// A portal that never exists: describing it fails the abandoned batch.
+const ABANDONED_PORTAL: &[u8] = b"sluice: client disconnected";
 
 /// How long a reset may take before the connection is closed instead.
 pub const RESET_TIMEOUT: Duration = Duration::from_secs(5);
@@ -75,6 +79,10 @@ async fn reset_steps(
         frontend::encode_copy_fail(&mut out, "client disconnected");
     }
     if in_flight.unsynced {
+        // A bare Sync would commit the implicit transaction of the unfinished batch; a
+        // failing message first makes the server roll it back, as PostgreSQL does for a
+        // client that disconnects mid-batch.
+        encode_target(&mut out, b'D', b'P', ABANDONED_PORTAL);
         frontend::encode_sync(&mut out);
         in_flight.pending_ready += 1;
     }
