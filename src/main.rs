@@ -119,7 +119,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         "sluice started"
     );
-    tokio::spawn(tenant::keep_warm(shared.clone()));
+    tokio::spawn(tenant::maintain_pools(shared.clone()));
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let shutdown = async move {

@@ -20,6 +20,8 @@ pub type CheckoutError = managed::PoolError<ConnectError>;
 pub struct ServerManager {
     target: ServerTarget,
     budget: Arc<Semaphore>,
+    /// `server_lifetime`; zero means unlimited.
+    lifetime: Duration,
 }
 
 impl managed::Manager for ServerManager {
@@ -36,7 +38,16 @@ impl managed::Manager for ServerManager {
         connect(&self.target, permit).await
     }
 
-    async fn recycle(&self, conn: &mut ServerConn, _: &Metrics) -> RecycleResult<ConnectError> {
+    async fn recycle(
+        &self,
+        conn: &mut ServerConn,
+        metrics: &Metrics,
+    ) -> RecycleResult<ConnectError> {
+        if !self.lifetime.is_zero() && metrics.age() >= self.lifetime {
+            return Err(RecycleError::message(
+                "server connection reached server_lifetime",
+            ));
+        }
         if conn.is_reusable() {
             Ok(())
         } else {
@@ -47,16 +58,26 @@ impl managed::Manager for ServerManager {
     }
 }
 
-/// Builds a tenant's pool of at most `size` connections.
-pub fn build(target: ServerTarget, budget: Arc<Semaphore>, size: usize) -> ServerPool {
+/// Builds a tenant's pool of at most `size` connections, each reused for at most
+/// `lifetime` (zero: no limit).
+pub fn build(
+    target: ServerTarget,
+    budget: Arc<Semaphore>,
+    size: usize,
+    lifetime: Duration,
+) -> ServerPool {
     let create_timeout = target.connect_timeout;
-    ServerPool::builder(ServerManager { target, budget })
-        .max_size(size)
-        .queue_mode(QueueMode::Lifo)
-        .create_timeout(Some(create_timeout))
-        .runtime(deadpool::Runtime::Tokio1)
-        .build()
-        .expect("a runtime is set, so building the pool cannot fail")
+    ServerPool::builder(ServerManager {
+        target,
+        budget,
+        lifetime,
+    })
+    .max_size(size)
+    .queue_mode(QueueMode::Lifo)
+    .create_timeout(Some(create_timeout))
+    .runtime(deadpool::Runtime::Tokio1)
+    .build()
+    .expect("a runtime is set, so building the pool cannot fail")
 }
 
 /// Leases a server connection, waiting at most `wait` for a free slot.
@@ -66,6 +87,19 @@ pub async fn checkout(pool: &ServerPool, wait: Duration) -> Result<PooledServer,
         ..pool.timeouts()
     };
     pool.timeout_get(&timeouts).await
+}
+
+/// Closes idle connections unused for `idle_timeout` or older than `lifetime` (zero
+/// durations: no limit). Returns how many were closed.
+pub fn close_expired(pool: &ServerPool, idle_timeout: Duration, lifetime: Duration) -> usize {
+    if idle_timeout.is_zero() && lifetime.is_zero() {
+        return 0;
+    }
+    let result = pool.retain(|_, metrics| {
+        (idle_timeout.is_zero() || metrics.last_used() < idle_timeout)
+            && (lifetime.is_zero() || metrics.age() < lifetime)
+    });
+    result.removed.len()
 }
 
 /// Opens connections until the pool holds at least `min` (or a connect fails), by

@@ -11,6 +11,7 @@ use sluice_protocol::scram::ScramSecret;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 use tokio::sync::Semaphore;
 
 /// Iterations for SCRAM verifiers sluice derives from plaintext passwords (PostgreSQL's default).
@@ -46,7 +47,12 @@ impl Drop for ClientSlot {
 impl Tenant {
     fn new(settings: TenantSettings, budget: Arc<Semaphore>, target: ServerTarget) -> Self {
         let auth = client_auth(&settings);
-        let pool = pool::build(target, budget, settings.pool_size as usize);
+        let pool = pool::build(
+            target,
+            budget,
+            settings.pool_size as usize,
+            settings.server_lifetime,
+        );
         Tenant {
             settings,
             auth,
@@ -159,16 +165,38 @@ impl Tenants {
     }
 }
 
-/// How often pools below their `min_pool_size` are topped up.
-const WARM_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+/// Longest pause between two rounds of pool maintenance.
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Keeps every tenant's pool at its `min_pool_size`, checking every `WARM_INTERVAL`.
-pub async fn keep_warm(shared: Arc<crate::listener::Shared>) {
-    let mut ticks = tokio::time::interval(WARM_INTERVAL);
+/// Pool maintenance for every tenant, in one task: closes idle server connections past
+/// `server_idle_timeout` or `server_lifetime`, and tops pools up to `min_pool_size`.
+/// Runs every 10 s, or more often when a timeout is shorter, so it expires on time
+/// to within half of it.
+pub async fn maintain_pools(shared: Arc<crate::listener::Shared>) {
+    let shortest = shared
+        .tenants
+        .iter()
+        .flat_map(|t| [t.settings.server_idle_timeout, t.settings.server_lifetime])
+        .filter(|d| !d.is_zero())
+        .min()
+        .map_or(MAINTENANCE_INTERVAL, |d| {
+            (d / 2).max(Duration::from_millis(100))
+        });
+    let mut ticks = tokio::time::interval(shortest.min(MAINTENANCE_INTERVAL));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
         for tenant in shared.tenants.iter() {
-            let min = tenant.settings.min_pool_size as usize;
+            let settings = &tenant.settings;
+            let closed = pool::close_expired(
+                &tenant.pool,
+                settings.server_idle_timeout,
+                settings.server_lifetime,
+            );
+            if closed > 0 {
+                tracing::debug!(tenant = %tenant.name(), closed, "closed expired idle server connections");
+            }
+            let min = settings.min_pool_size as usize;
             if min > 0 {
                 if let Err(e) = pool::warm(&tenant.pool, min).await {
                     tracing::warn!(tenant = %tenant.name(), error = %e, "could not open min_pool_size connections");
