@@ -6,6 +6,7 @@
 mod cancel;
 mod config;
 mod listener;
+mod params;
 mod pool;
 mod random;
 mod server;

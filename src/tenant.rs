@@ -3,9 +3,9 @@
 //! tenant is never handed to another. Lookup is two hash probes with borrowed keys.
 
 use crate::config::{AuthType, Config, PasswordKind, PoolMode, TenantSettings};
+use crate::params::Parameters;
 use crate::pool::{self, ServerPool};
 use crate::server::ServerTarget;
-use bytes::Bytes;
 use sluice_protocol::md5::md5_password_hash;
 use sluice_protocol::scram::ScramSecret;
 use std::collections::HashMap;
@@ -31,8 +31,8 @@ pub struct Tenant {
     pub auth: ClientAuth,
     pub pool: ServerPool,
     clients: AtomicU32,
-    /// The ParameterStatus set of this tenant's server, sent to clients at login.
-    parameters: OnceLock<Bytes>,
+    /// The parameters this tenant's server reports at login: the defaults clients start from.
+    parameters: OnceLock<Arc<Parameters>>,
 }
 
 /// A connected client counted against its tenant's `max_client_connections`.
@@ -78,11 +78,11 @@ impl Tenant {
         format!("{}/{}", self.settings.database, self.settings.user)
     }
 
-    pub fn parameters(&self) -> Option<&Bytes> {
+    pub fn parameters(&self) -> Option<&Arc<Parameters>> {
         self.parameters.get()
     }
 
-    pub fn remember_parameters(&self, parameters: &Bytes) {
+    pub fn remember_parameters(&self, parameters: &Arc<Parameters>) {
         let _ = self.parameters.set(parameters.clone());
     }
 

@@ -3,6 +3,7 @@
 //! ParameterStatus set and BackendKeyData up to the first ReadyForQuery.
 
 use super::{ServerConn, SERVER_READ_CHUNK};
+use crate::params::{Parameters, ServerParameters};
 use crate::statements::ServerStatements;
 use crate::wire::{flush, read_message, ReadError};
 use bytes::BytesMut;
@@ -107,14 +108,14 @@ async fn login(
     let mut buf = BytesMut::with_capacity(SERVER_READ_CHUNK);
     authenticate(&mut stream, &mut buf, &mut out, target).await?;
 
-    let mut parameters = BytesMut::new();
+    let mut parameters = Parameters::default();
     let mut cancel_key = None;
     loop {
         let (tag, body) = read_message(&mut stream, &mut buf, MAX_LOGIN_MESSAGE_LEN).await?;
         match tag {
             b'S' => {
                 let (name, value) = backend::parse_parameter_status(&body).map_err(protocol)?;
-                backend::encode_parameter_status(&mut parameters, name, value);
+                parameters.set(name, value);
             }
             b'K' => cancel_key = Some(backend::parse_backend_key_data(&body).map_err(protocol)?),
             b'Z' => break,
@@ -135,7 +136,7 @@ async fn login(
         read_buf: buf,
         cancel_key,
         addr,
-        parameters: parameters.freeze(),
+        params: ServerParameters::new(parameters),
         statements: ServerStatements::new(),
         _budget: budget,
     })

@@ -10,8 +10,9 @@ mod reset;
 pub use connect::{connect, ConnectError, ServerTarget};
 pub use reset::{reset, InFlight};
 
+use crate::params::ServerParameters;
 use crate::statements::ServerStatements;
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use sluice_protocol::startup::CancelKey;
 use std::net::SocketAddr;
 use tokio::net::TcpStream;
@@ -29,8 +30,8 @@ pub struct ServerConn {
     /// The server's own cancel key, used to cancel a query running on this connection.
     pub cancel_key: CancelKey,
     pub addr: SocketAddr,
-    /// Raw ParameterStatus messages the server sent at login, ready to forward.
-    pub parameters: Bytes,
+    /// The session parameters of this connection, as reported and as sluice set them.
+    pub params: ServerParameters,
     /// The prepared statements this connection holds (transaction mode).
     pub statements: ServerStatements,
     _budget: OwnedSemaphorePermit,

@@ -8,8 +8,9 @@
 use super::ServerConn;
 use crate::wire::flush;
 use bytes::{Buf, BytesMut};
+use sluice_protocol::backend::parse_parameter_status;
 use sluice_protocol::extended::encode_target;
-use sluice_protocol::frame::backend_header;
+use sluice_protocol::frame::{backend_header, HEADER_LEN};
 use sluice_protocol::frontend;
 use sluice_protocol::startup::encode_cancel_request;
 use std::time::Duration;
@@ -103,6 +104,8 @@ async fn reset_steps(
         frontend::encode_query(&mut out, "DISCARD ALL");
         flush(&mut conn.stream, &mut out).await?;
         status = drain(conn, 1).await?;
+        conn.params.reset_to_login();
+        conn.statements.clear();
     }
     if status == b'I' {
         Ok(())
@@ -161,6 +164,17 @@ async fn drain(conn: &mut ServerConn, mut pending: u32) -> Result<u8, ResetError
                     flush(&mut conn.stream, &mut out).await?;
                 }
                 b'W' => return Err(ResetError::CopyBoth),
+                b'S' => {
+                    // A rolled-back SET: keep the record of the session's values true.
+                    let whole = header.message_len();
+                    if buf.len() < whole {
+                        break;
+                    }
+                    let (name, value) = parse_parameter_status(&buf[HEADER_LEN..whole])?;
+                    conn.params.current.set(name, value);
+                    buf.advance(whole);
+                    continue;
+                }
                 _ => {}
             }
             buf.advance(5);

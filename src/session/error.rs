@@ -62,6 +62,8 @@ pub enum SessionError {
     IdleInTransactionTimeout(Duration),
     #[error("terminating connection due to idle timeout (client_idle_timeout is {0:?})")]
     ClientIdleTimeout(Duration),
+    #[error("server refused the client's session parameters: {message} (SQLSTATE {code})")]
+    ParameterRejected { code: String, message: String },
 }
 
 impl SessionError {
@@ -106,6 +108,9 @@ impl SessionError {
                     "08006",
                     format!("could not open a server connection for tenant {tenant}"),
                 ))
+            }
+            SessionError::ParameterRejected { code, message } => {
+                return Some((code, message.clone()))
             }
             SessionError::ServerLost(_) => {
                 return Some(("08006", "server connection lost".to_owned()))

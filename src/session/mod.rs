@@ -13,6 +13,7 @@ pub use error::{ErrorKind, SessionError};
 
 use crate::cancel::CancelHandle;
 use crate::listener::Shared;
+use crate::params::{self, Parameters};
 use crate::pool::{self, PooledServer};
 use crate::tenant::{ClientSlot, Tenant};
 use bytes::BytesMut;
@@ -52,6 +53,7 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, id: u64, shared: &Sh
                     &ready.cancel.target,
                     ready.leased,
                     id,
+                    ready.desired,
                 );
                 let result = relay.run().await;
                 drop(ready.slot);
@@ -93,6 +95,8 @@ struct Ready {
     buf: BytesMut,
     /// The server connection leased at login, kept in session mode.
     leased: Option<PooledServer>,
+    /// The session parameters the client asked for.
+    desired: Parameters,
 }
 
 /// Login and greeting, bounded by `client_login_timeout`.
@@ -101,13 +105,11 @@ async fn start(stream: &mut TcpStream, shared: &Shared) -> Result<Started, Sessi
     let login = async {
         match login::read_opening(stream, &mut buf).await? {
             Opening::Cancel(key) => Ok::<_, SessionError>(Err(key)),
-            Opening::Startup(startup) => Ok(Ok(login::authenticate(
-                stream,
-                &mut buf,
-                &startup,
-                &shared.tenants,
-            )
-            .await?)),
+            Opening::Startup(startup) => {
+                let logged_in =
+                    login::authenticate(stream, &mut buf, &startup, &shared.tenants).await?;
+                Ok(Ok((startup, logged_in)))
+            }
         }
     };
     let timeout = shared.session.client_login_timeout;
@@ -115,7 +117,7 @@ async fn start(stream: &mut TcpStream, shared: &Shared) -> Result<Started, Sessi
         Ok(result) => result?,
         Err(_) => return Err(SessionError::LoginTimeout(timeout)),
     };
-    let LoggedIn { tenant, slot } = match logged_in {
+    let (startup, LoggedIn { tenant, slot }) = match logged_in {
         Ok(logged_in) => logged_in,
         Err(key) => return Ok(Started::Cancel(key)),
     };
@@ -124,23 +126,25 @@ async fn start(stream: &mut TcpStream, shared: &Shared) -> Result<Started, Sessi
     // The greeting needs the server's ParameterStatus set: remembered from an earlier
     // server connection, or taken from one leased now (and kept, in session mode).
     let mut leased = None;
-    let parameters = match tenant.parameters() {
-        Some(parameters) if !tenant.is_session_mode() => parameters.clone(),
+    let reported = match tenant.parameters() {
+        Some(reported) if !tenant.is_session_mode() => reported.clone(),
         _ => {
             let server = pool::checkout(&tenant.pool, wait)
                 .await
                 .map_err(|e| SessionError::from_checkout(&tenant.name(), wait, e))?;
-            let parameters = server.parameters.clone();
-            tenant.remember_parameters(&parameters);
+            let reported = server.params.login.clone();
+            tenant.remember_parameters(&reported);
             if tenant.is_session_mode() {
                 leased = Some(server);
             }
-            parameters
+            reported
         }
     };
-    let mut greeting = BytesMut::with_capacity(parameters.len() + 64);
+    let desired =
+        params::desired(&reported, &startup).map_err(|e| SessionError::Protocol(e.to_string()))?;
+    let mut greeting = BytesMut::with_capacity(1024);
     backend::encode_auth_ok(&mut greeting);
-    greeting.extend_from_slice(&parameters);
+    desired.encode_status(&reported, &mut greeting);
     let cancel = shared.cancels.register();
     backend::encode_backend_key_data(&mut greeting, cancel.key);
     backend::encode_ready_for_query(&mut greeting, b'I');
@@ -154,6 +158,7 @@ async fn start(stream: &mut TcpStream, shared: &Shared) -> Result<Started, Sessi
         cancel,
         buf,
         leased,
+        desired,
     })))
 }
 

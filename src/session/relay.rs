@@ -20,14 +20,18 @@
 use super::timeouts::{Deadline, Timeouts};
 use super::SessionError;
 use crate::cancel::CancelTarget;
+use crate::params::Parameters;
 use crate::pool::{self, PooledServer};
 use crate::server::{self, InFlight, ServerConn};
 use crate::statements::{self, ClientStatements, Confirm, Plan, ResponseFilter};
 use crate::tenant::Tenant;
+use crate::wire::{read_message, ReadError};
 use bytes::{Buf, Bytes, BytesMut};
 use deadpool::managed::Object;
+use sluice_protocol::backend;
 use sluice_protocol::extended::{self, encode_bind, encode_target};
 use sluice_protocol::frame::{backend_header, frontend_header, Header, HEADER_LEN};
+use sluice_protocol::frontend::encode_query;
 use std::io::ErrorKind::WouldBlock;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
@@ -40,6 +44,8 @@ const CLIENT_READ_CHUNK: usize = 8 * 1024;
 const MAX_PENDING_WHILE_WAITING: usize = 64 * 1024;
 /// ReadyForQuery is a header plus one status byte.
 const READY_FOR_QUERY_LEN: usize = HEADER_LEN + 1;
+/// Longest message expected in answer to the parameter-setting query.
+const MAX_SYNC_ANSWER: usize = 64 * 1024;
 /// Simple queries up to this size are read whole to spot `DISCARD ALL`/`DEALLOCATE ALL`.
 const MAX_INSPECTED_QUERY: usize = 64;
 
@@ -112,6 +118,8 @@ pub struct Relay<'a> {
     statements: Option<ClientStatements>,
     filter: ResponseFilter,
     timeouts: Timeouts,
+    /// The session parameters the client asked for, kept up to date with its own SETs.
+    desired: Parameters,
     tenant: &'a Tenant,
     cancel: &'a Arc<CancelTarget>,
 }
@@ -126,6 +134,7 @@ impl<'a> Relay<'a> {
         cancel: &'a Arc<CancelTarget>,
         server: Option<PooledServer>,
         client_id: u64,
+        desired: Parameters,
     ) -> Self {
         if let Some(server) = &server {
             cancel.attach(server.addr, server.cancel_key);
@@ -153,6 +162,7 @@ impl<'a> Relay<'a> {
             statements: tracks_statements.then(|| ClientStatements::new(client_id)),
             filter: ResponseFilter::default(),
             timeouts: Timeouts::new(settings),
+            desired,
             tenant,
             cancel,
         }
@@ -210,6 +220,9 @@ impl<'a> Relay<'a> {
     }
 
     async fn relay(&mut self) -> Result<(), SessionError> {
+        if self.server.is_some() {
+            self.sync_parameters().await?;
+        }
         loop {
             if self.server.is_none() {
                 match frontend_header(self.to_server.untranslated())? {
@@ -349,7 +362,53 @@ impl<'a> Relay<'a> {
         debug!(server = %server.addr, "server connection leased");
         cancel.attach(server.addr, server.cancel_key);
         self.server = Some(server);
-        Ok(())
+        self.sync_parameters().await
+    }
+
+    /// Gives the server session the client's parameter values where they differ, in
+    /// one round trip before any of the client's messages.
+    async fn sync_parameters(&mut self) -> Result<(), SessionError> {
+        let server: &mut ServerConn = self.server.as_mut().expect("attached");
+        let Some(sql) = server.params.sync_sql(&self.desired) else {
+            return Ok(());
+        };
+        let mut out = BytesMut::with_capacity(sql.len() + 8);
+        encode_query(&mut out, &sql);
+        let mut rejected = None;
+        let exchange = async {
+            server.stream.write_all(&out).await?;
+            loop {
+                let (tag, body) =
+                    read_message(&mut server.stream, &mut server.read_buf, MAX_SYNC_ANSWER).await?;
+                match tag {
+                    b'S' => {
+                        let (name, value) = backend::parse_parameter_status(&body)?;
+                        server.params.current.set(name, value);
+                        self.desired.set(name, value);
+                    }
+                    b'E' => {
+                        let fields = backend::parse_error_fields(&body)?;
+                        rejected = Some((fields.code.into_owned(), fields.message.into_owned()));
+                    }
+                    b'Z' => return Ok::<_, ReadError>(()),
+                    _ => {}
+                }
+            }
+        };
+        if let Err(e) = exchange.await {
+            return Err(self.server_lost(&format!("setting session parameters: {e}")));
+        }
+        match rejected {
+            None => Ok(()),
+            Some((code, message)) => {
+                // What the server now has is unknown: close it rather than reuse it.
+                if let Some(server) = self.server.take() {
+                    self.cancel.detach();
+                    drop(Object::take(server));
+                }
+                Err(SessionError::ParameterRejected { code, message })
+            }
+        }
     }
 
     /// Reads what the client sent. False on EOF.
@@ -607,6 +666,19 @@ impl<'a> Relay<'a> {
                     self.timeouts.ready_received(self.exchange.pending_ready);
                 }
                 b'G' => self.exchange.copy_in = true,
+                b'S' => {
+                    // The client's own SET (or its rollback): follow it to the next server.
+                    let whole = header.message_len();
+                    if rest.len() < whole {
+                        return Ok(());
+                    }
+                    let parsed = backend::parse_parameter_status(&rest[HEADER_LEN..whole]);
+                    let (name, value) = parsed.map_err(|e| {
+                        SessionError::ServerLost(format!("malformed server message: {e}"))
+                    })?;
+                    server.params.current.set(name, value);
+                    self.desired.set(name, value);
+                }
                 b'1' | b'3' => {
                     // Answers must be matched in order, so one to swallow waits until
                     // everything before it has been written to the client.
@@ -700,9 +772,6 @@ async fn reset_or_close(
     let conn: &mut ServerConn = &mut server;
     let reset = async {
         conn.stream.write_all(&unsent).await?;
-        if discard_all {
-            conn.statements.clear();
-        }
         server::reset(conn, in_flight, discard_all).await
     };
     match reset.await {

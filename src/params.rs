@@ -1,0 +1,300 @@
+//! Session parameters (GUCs) under pooling. A client's settings — from its startup
+//! packet (`application_name`, `client_encoding`, `DateStyle`, `TimeZone`, `search_path`,
+//! `options=-c name=value`, …) and from the values the server reports via
+//! ParameterStatus after the client's own `SET`s — follow the client from one server
+//! connection to the next: when it lands on a connection whose values differ, sluice
+//! sets them first, and resets what an earlier client set that this one did not ask for.
+//!
+//! Limitation, as in every pooler that does not parse SQL: a `SET` of a parameter the
+//! server does not report (e.g. `search_path` on PostgreSQL < 18) is invisible to sluice.
+//!
+//! See <https://www.postgresql.org/docs/current/protocol-flow.html#PROTOCOL-ASYNC>.
+
+use bytes::BytesMut;
+use sluice_protocol::backend::encode_parameter_status;
+use sluice_protocol::startup::StartupMessage;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Arc;
+
+/// Parameter values by name; names compare case-insensitively, as PostgreSQL's do.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Parameters {
+    /// Lowercased name → (name as first seen, value).
+    values: BTreeMap<String, (String, String)>,
+}
+
+impl Parameters {
+    pub fn set(&mut self, name: &str, value: &str) {
+        match self.values.get_mut(&name.to_ascii_lowercase()) {
+            Some((_, current)) => {
+                if current != value {
+                    value.clone_into(current);
+                }
+            }
+            None => {
+                self.values.insert(
+                    name.to_ascii_lowercase(),
+                    (name.to_owned(), value.to_owned()),
+                );
+            }
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.values
+            .get(&name.to_ascii_lowercase())
+            .map(|(_, value)| value.as_str())
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.values.contains_key(&name.to_ascii_lowercase())
+    }
+
+    fn remove(&mut self, name: &str) {
+        self.values.remove(&name.to_ascii_lowercase());
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.values
+            .values()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+    }
+
+    /// ParameterStatus messages for the parameters `reported` lists, with these values.
+    pub fn encode_status(&self, reported: &Parameters, buf: &mut BytesMut) {
+        for (name, default) in reported.iter() {
+            encode_parameter_status(buf, name, self.get(name).unwrap_or(default));
+        }
+    }
+}
+
+/// Why a startup packet's settings were refused.
+#[derive(Debug, thiserror::Error)]
+#[error("unsupported startup option \"{0}\": only -c name=value and --name=value are accepted")]
+pub struct UnsupportedOption(String);
+
+/// What a client wants: the server's defaults (`reported`), overridden by the settings
+/// in its startup packet. Startup keys that are not settings (user, database,
+/// replication, protocol options) are left out; `options` is unpacked.
+pub fn desired(
+    reported: &Parameters,
+    startup: &StartupMessage,
+) -> Result<Parameters, UnsupportedOption> {
+    let mut desired = reported.clone();
+    for (name, value) in &startup.params {
+        match name.as_str() {
+            "user" | "database" | "replication" => {}
+            "options" => {
+                for (name, value) in parse_options(value)? {
+                    desired.set(&name, &value);
+                }
+            }
+            _ if name.starts_with("_pq_.") => {}
+            _ => desired.set(name, value),
+        }
+    }
+    Ok(desired)
+}
+
+/// Splits libpq's `options` (space-separated, backslash escapes a space) into
+/// `-c name=value` / `--name=value` settings.
+fn parse_options(options: &str) -> Result<Vec<(String, String)>, UnsupportedOption> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => word.extend(chars.next()),
+            c if c.is_ascii_whitespace() => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    let mut settings = Vec::new();
+    let mut words = words.into_iter();
+    while let Some(word) = words.next() {
+        let setting = if word == "-c" {
+            words
+                .next()
+                .ok_or_else(|| UnsupportedOption(word.clone()))?
+        } else if let Some(rest) = word.strip_prefix("-c").or_else(|| word.strip_prefix("--")) {
+            rest.to_owned()
+        } else {
+            return Err(UnsupportedOption(word));
+        };
+        let (name, value) = setting
+            .split_once('=')
+            .ok_or_else(|| UnsupportedOption(setting.clone()))?;
+        settings.push((name.replace('-', "_"), value.to_owned()));
+    }
+    Ok(settings)
+}
+
+/// What a server connection's session has: the values it reported at login, and what
+/// it has now as far as sluice knows (reported changes plus what sluice set).
+pub struct ServerParameters {
+    pub login: Arc<Parameters>,
+    pub current: Parameters,
+}
+
+impl ServerParameters {
+    pub fn new(login: Parameters) -> Self {
+        ServerParameters {
+            current: login.clone(),
+            login: Arc::new(login),
+        }
+    }
+
+    /// After `DISCARD ALL` every setting is back to its default.
+    pub fn reset_to_login(&mut self) {
+        self.current = (*self.login).clone();
+    }
+
+    /// SQL that makes this session's settings what `desired` asks for, or `None` when
+    /// they already are. Records the new values as if the SQL succeeded.
+    pub fn sync_sql(&mut self, desired: &Parameters) -> Option<String> {
+        let mut set = Vec::new();
+        for (name, value) in desired.iter() {
+            if self.current.get(name) != Some(value) {
+                set.push((name.to_owned(), value.to_owned()));
+            }
+        }
+        // Settings an earlier client had sluice make, which this client did not ask for.
+        let reset: Vec<String> = self
+            .current
+            .iter()
+            .map(|(name, _)| name)
+            .filter(|name| !self.login.contains(name) && !desired.contains(name))
+            .map(str::to_owned)
+            .collect();
+        if set.is_empty() && reset.is_empty() {
+            return None;
+        }
+        let mut sql = String::new();
+        if !set.is_empty() {
+            sql.push_str("SELECT ");
+            for (i, (name, value)) in set.iter().enumerate() {
+                let separator = if i == 0 { "" } else { ", " };
+                let _ = write!(
+                    sql,
+                    "{separator}pg_catalog.set_config({}, {}, false)",
+                    literal(name),
+                    literal(value)
+                );
+                self.current.set(name, value);
+            }
+            sql.push(';');
+        }
+        for name in reset {
+            let _ = write!(sql, "RESET {};", identifier(&name));
+            self.current.remove(&name);
+        }
+        Some(sql)
+    }
+}
+
+/// A dollar-quoted SQL literal whose tag does not occur in `value`.
+fn literal(value: &str) -> String {
+    let mut tag = String::from("$s$");
+    while value.contains(&tag) {
+        tag.insert(2, 'x');
+    }
+    format!("{tag}{value}{tag}")
+}
+
+fn identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> Parameters {
+        let mut p = Parameters::default();
+        for (name, value) in pairs {
+            p.set(name, value);
+        }
+        p
+    }
+
+    fn startup(pairs: &[(&str, &str)]) -> StartupMessage {
+        StartupMessage {
+            protocol_minor: 0,
+            params: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn startup_settings_override_defaults_and_options_are_unpacked() {
+        let reported = params(&[("application_name", ""), ("TimeZone", "UTC")]);
+        let wanted = desired(
+            &reported,
+            &startup(&[
+                ("user", "u"),
+                ("database", "d"),
+                ("application_name", "app"),
+                (
+                    "options",
+                    "-c search_path=a,b --statement-timeout=5s -cwork_mem=4MB",
+                ),
+                ("_pq_.x", "1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(wanted.get("application_name"), Some("app"));
+        assert_eq!(wanted.get("timezone"), Some("UTC"));
+        assert_eq!(wanted.get("search_path"), Some("a,b"));
+        assert_eq!(wanted.get("statement_timeout"), Some("5s"));
+        assert_eq!(wanted.get("work_mem"), Some("4MB"));
+        assert_eq!(wanted.get("user"), None);
+        assert_eq!(wanted.get("_pq_.x"), None);
+        assert!(desired(&reported, &startup(&[("options", "-e")])).is_err());
+        assert!(desired(&reported, &startup(&[("options", "-c novalue")])).is_err());
+    }
+
+    #[test]
+    fn escaped_spaces_stay_in_a_value() {
+        let settings = parse_options(r"-c application_name=my\ app").unwrap();
+        assert_eq!(settings, vec![("application_name".into(), "my app".into())]);
+    }
+
+    #[test]
+    fn sync_sets_differences_and_resets_what_an_earlier_client_set() {
+        let login = params(&[("application_name", ""), ("TimeZone", "UTC")]);
+        let mut server = ServerParameters::new(login.clone());
+        let mut first = login.clone();
+        first.set("application_name", "it's");
+        first.set("search_path", "s_a");
+        let sql = server.sync_sql(&first).unwrap();
+        assert_eq!(
+            sql,
+            "SELECT pg_catalog.set_config($s$application_name$s$, $s$it's$s$, false), \
+             pg_catalog.set_config($s$search_path$s$, $s$s_a$s$, false);"
+        );
+        assert_eq!(server.sync_sql(&first), None, "already in sync");
+        let second = login.clone();
+        let sql = server.sync_sql(&second).unwrap();
+        assert!(
+            sql.contains("set_config($s$application_name$s$, $s$$s$, false)"),
+            "{sql}"
+        );
+        assert!(sql.ends_with("RESET \"search_path\";"), "{sql}");
+        assert_eq!(server.sync_sql(&second), None);
+    }
+
+    #[test]
+    fn literals_never_close_early() {
+        assert_eq!(literal("a$s$b"), "$sx$a$s$b$sx$");
+    }
+}
