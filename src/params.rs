@@ -6,7 +6,8 @@
 //! sets them first, and resets what an earlier client set that this one did not ask for.
 //!
 //! Limitation, as in every pooler that does not parse SQL: a `SET` of a parameter the
-//! server does not report (e.g. `search_path` on PostgreSQL < 18) is invisible to sluice.
+//! server does not report (e.g. `search_path` on versions that do not report it) is
+//! invisible to sluice.
 //!
 //! See <https://www.postgresql.org/docs/current/protocol-flow.html#PROTOCOL-ASYNC>.
 
