@@ -62,6 +62,8 @@ pub enum SessionError {
     IdleInTransactionTimeout(Duration),
     #[error("terminating connection due to idle timeout (client_idle_timeout is {0:?})")]
     ClientIdleTimeout(Duration),
+    #[error("terminating connection due to administrator command")]
+    Killed,
     #[error("server refused the client's session parameters: {message} (SQLSTATE {code})")]
     ParameterRejected { code: String, message: String },
 }
@@ -92,6 +94,7 @@ impl SessionError {
             SessionError::TooManyClients { .. } | SessionError::WaitTimeout { .. } => "53300",
             SessionError::LoginTimeout(_) => "08006",
             SessionError::CancelledWhileWaiting => "57014",
+            SessionError::Killed => "57P01",
             SessionError::IdleInTransactionTimeout(_) => "25P03",
             SessionError::ClientIdleTimeout(_) => "57P05",
             SessionError::ServerUnavailable {

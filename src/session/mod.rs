@@ -12,9 +12,10 @@ mod timeouts;
 pub use error::{ErrorKind, SessionError};
 
 use crate::cancel::CancelHandle;
-use crate::listener::Shared;
 use crate::params::{self, Parameters};
 use crate::pool::{self, PooledServer};
+use crate::shared::Shared;
+use crate::stats::ClientInfo;
 use crate::tenant::{ClientSlot, Tenant};
 use bytes::BytesMut;
 use login::{LoggedIn, Opening};
@@ -31,36 +32,42 @@ use tracing::{debug, info, warn, Instrument};
 /// How long sluice tries to deliver a final ErrorResponse to a client.
 const ERROR_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Settings every session needs from the process configuration.
-pub struct SessionConfig {
-    pub client_login_timeout: Duration,
-}
-
 /// Serves one client connection to the end. Never panics on client input; logs why the
 /// session ended.
 pub async fn serve(mut stream: TcpStream, peer: SocketAddr, id: u64, shared: &Shared) {
     let span = tracing::info_span!("session", id, %peer, tenant = tracing::field::Empty);
     async {
         let _ = stream.set_nodelay(true);
-        let result = match start(&mut stream, shared).await {
+        let result = match start(&mut stream, peer, id, shared).await {
             Ok(Started::Ready(ready)) => {
                 tracing::Span::current().record("tenant", ready.tenant.name());
                 info!("client logged in");
+                let Ready {
+                    tenant,
+                    slot,
+                    cancel,
+                    buf,
+                    leased,
+                    desired,
+                } = *ready;
                 let relay = Relay::new(
                     &mut stream,
-                    ready.buf,
-                    &ready.tenant,
-                    &ready.cancel.target,
-                    ready.leased,
-                    id,
-                    ready.desired,
+                    buf,
+                    relay::Context {
+                        tenant: &tenant,
+                        cancel: &cancel.target,
+                        pause: &shared.pause,
+                        client_id: id,
+                    },
+                    leased,
+                    desired,
                 );
                 let result = relay.run().await;
-                drop(ready.slot);
+                drop(slot);
                 result
             }
             Ok(Started::Cancel(key)) => {
-                shared.cancels.cancel(key).await;
+                shared.clients.cancel(key).await;
                 Ok(())
             }
             Err(e) => {
@@ -100,19 +107,24 @@ struct Ready {
 }
 
 /// Login and greeting, bounded by `client_login_timeout`.
-async fn start(stream: &mut TcpStream, shared: &Shared) -> Result<Started, SessionError> {
+async fn start(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    id: u64,
+    shared: &Shared,
+) -> Result<Started, SessionError> {
+    let tenants = shared.tenants.load_full();
     let mut buf = BytesMut::with_capacity(1024);
     let login = async {
         match login::read_opening(stream, &mut buf).await? {
             Opening::Cancel(key) => Ok::<_, SessionError>(Err(key)),
             Opening::Startup(startup) => {
-                let logged_in =
-                    login::authenticate(stream, &mut buf, &startup, &shared.tenants).await?;
+                let logged_in = login::authenticate(stream, &mut buf, &startup, &tenants).await?;
                 Ok(Ok((startup, logged_in)))
             }
         }
     };
-    let timeout = shared.session.client_login_timeout;
+    let timeout = shared.config.load().client_login_timeout;
     let logged_in = match tokio::time::timeout(timeout, login).await {
         Ok(result) => result?,
         Err(_) => return Err(SessionError::LoginTimeout(timeout)),
@@ -145,7 +157,14 @@ async fn start(stream: &mut TcpStream, shared: &Shared) -> Result<Started, Sessi
     let mut greeting = BytesMut::with_capacity(1024);
     backend::encode_auth_ok(&mut greeting);
     desired.encode_status(&reported, &mut greeting);
-    let cancel = shared.cancels.register();
+    let client = ClientInfo::new(
+        id,
+        peer,
+        &tenant.settings.database,
+        &tenant.settings.user,
+        desired.get("application_name").unwrap_or(""),
+    );
+    let cancel = shared.clients.register(Arc::new(client));
     backend::encode_backend_key_data(&mut greeting, cancel.key);
     backend::encode_ready_for_query(&mut greeting, b'I');
     stream
