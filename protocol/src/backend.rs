@@ -239,5 +239,63 @@ pub fn encode_negotiate_protocol_version(
     });
 }
 
+/// Type OID of `text`, the type of every column sluice describes itself.
+const TEXT_OID: i32 = 25;
+
+/// Largest column count an Int16 field carries; PostgreSQL itself stops at 1,664 columns.
+const MAX_COLUMNS: usize = i16::MAX as usize;
+
+/// Appends a RowDescription of text-format `text` columns that belong to no table: table
+/// OID 0, attribute number 0, type OID 25, type size -1, type modifier -1, format 0. Columns
+/// past the 32,767 an Int16 count can carry are left out.
+pub fn encode_row_description(buf: &mut BytesMut, columns: &[&str]) {
+    let columns = &columns[..columns.len().min(MAX_COLUMNS)];
+    write_message(buf, b'T', |body| {
+        body.put_i16(columns.len() as i16);
+        for name in columns {
+            put_cstr(body, name.as_bytes());
+            body.put_i32(0); // table OID
+            body.put_i16(0); // attribute number
+            body.put_i32(TEXT_OID);
+            body.put_i16(-1); // type size: variable
+            body.put_i32(-1); // type modifier: none
+            body.put_i16(0); // format: text
+        }
+    });
+}
+
+/// Appends a DataRow of text values; `None` is NULL (length -1). Values past the 32,767 an
+/// Int16 count can carry are left out, matching [`encode_row_description`].
+///
+/// # Panics
+/// As [`write_message`]: if the row exceeds the protocol's 2 GiB length field.
+pub fn encode_data_row(buf: &mut BytesMut, values: &[Option<&str>]) {
+    let values = &values[..values.len().min(MAX_COLUMNS)];
+    write_message(buf, b'D', |body| {
+        body.put_i16(values.len() as i16);
+        for value in values {
+            match value {
+                None => body.put_i32(-1),
+                Some(text) => {
+                    let len = i32::try_from(text.len())
+                        .expect("column value exceeds the protocol's 2 GiB length field");
+                    body.put_i32(len);
+                    body.put_slice(text.as_bytes());
+                }
+            }
+        }
+    });
+}
+
+/// Appends CommandComplete with its command tag, e.g. `"SHOW"` or `"SELECT 3"`.
+pub fn encode_command_complete(buf: &mut BytesMut, tag: &str) {
+    write_message(buf, b'C', |body| put_cstr(body, tag.as_bytes()));
+}
+
+/// Appends EmptyQueryResponse, the reply to a Query whose string held no statement.
+pub fn encode_empty_query_response(buf: &mut BytesMut) {
+    write_message(buf, b'I', |_| {});
+}
+
 #[cfg(test)]
 mod tests;

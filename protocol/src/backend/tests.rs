@@ -187,3 +187,174 @@ fn ready_for_query_and_negotiate_protocol_version_bytes() {
     let (_, full) = encoded(|buf| encode_negotiate_protocol_version(buf, PROTOCOL_3_0 | 2, &[]));
     assert_eq!(&full[..], b"\0\x03\0\x02\0\0\0\0");
 }
+
+/// One RowDescription field as decoded by [`parse_row_description`].
+#[derive(Debug, PartialEq, Eq)]
+struct Field<'a> {
+    name: &'a str,
+    table_oid: i32,
+    attnum: i16,
+    type_oid: i32,
+    typlen: i16,
+    typmod: i32,
+    format: i16,
+}
+
+fn parse_row_description(body: &[u8]) -> Vec<Field<'_>> {
+    let mut reader = crate::codec::BodyReader::new(body);
+    let [hi, lo] = reader.array().unwrap();
+    let count = i16::from_be_bytes([hi, lo]);
+    let i16_of =
+        |reader: &mut crate::codec::BodyReader<'_>| i16::from_be_bytes(reader.array().unwrap());
+    let mut fields = Vec::new();
+    for _ in 0..count {
+        let name = reader.cstr().unwrap();
+        let table_oid = reader.i32().unwrap();
+        let attnum = i16_of(&mut reader);
+        let type_oid = reader.i32().unwrap();
+        let typlen = i16_of(&mut reader);
+        let typmod = reader.i32().unwrap();
+        let format = i16_of(&mut reader);
+        fields.push(Field {
+            name,
+            table_oid,
+            attnum,
+            type_oid,
+            typlen,
+            typmod,
+            format,
+        });
+    }
+    reader.finish().unwrap();
+    fields
+}
+
+fn parse_data_row(body: &[u8]) -> Vec<Option<&[u8]>> {
+    let mut reader = crate::codec::BodyReader::new(body);
+    let count = i16::from_be_bytes(reader.array().unwrap());
+    let mut values = Vec::new();
+    for _ in 0..count {
+        let value = match reader.i32().unwrap() {
+            -1 => None,
+            len => Some(reader.bytes(usize::try_from(len).unwrap()).unwrap()),
+        };
+        values.push(value);
+    }
+    reader.finish().unwrap();
+    values
+}
+
+fn text_field(name: &str) -> Field<'_> {
+    Field {
+        name,
+        table_oid: 0,
+        attnum: 0,
+        type_oid: 25,
+        typlen: -1,
+        typmod: -1,
+        format: 0,
+    }
+}
+
+#[test]
+fn row_description_describes_text_columns() {
+    let (tag, body) = encoded(|buf| encode_row_description(buf, &["database", "cl_active"]));
+    assert_eq!(tag, b'T');
+    assert_eq!(
+        parse_row_description(&body),
+        [text_field("database"), text_field("cl_active")]
+    );
+    // Count, then per column: name, 18 bytes of attributes.
+    assert_eq!(body.len(), 2 + (9 + 18) + (10 + 18));
+}
+
+#[test]
+fn row_description_bytes_match_the_protocol() {
+    let mut buf = BytesMut::new();
+    encode_row_description(&mut buf, &["a"]);
+    assert_eq!(
+        &buf[..],
+        b"T\0\0\0\x1a\0\x01a\0\
+          \0\0\0\0\0\0\0\0\0\x19\xff\xff\xff\xff\xff\xff\0\0"
+    );
+    buf.clear();
+    encode_row_description(&mut buf, &[]);
+    assert_eq!(&buf[..], b"T\0\0\0\x06\0\0");
+}
+
+#[test]
+fn row_description_cuts_names_at_a_nul() {
+    let (_, body) = encoded(|buf| encode_row_description(buf, &["x\0y"]));
+    assert_eq!(parse_row_description(&body), [text_field("x")]);
+}
+
+#[test]
+fn data_row_round_trips_values_and_nulls() {
+    let values = [Some("pool"), None, Some(""), Some("12 ü")];
+    let (tag, body) = encoded(|buf| encode_data_row(buf, &values));
+    assert_eq!(tag, b'D');
+    assert_eq!(
+        parse_data_row(&body),
+        [
+            Some(&b"pool"[..]),
+            None,
+            Some(&b""[..]),
+            Some("12 ü".as_bytes())
+        ]
+    );
+    assert_eq!(body.len(), 2 + (4 + 4) + 4 + 4 + (4 + 5));
+}
+
+#[test]
+fn data_row_bytes_match_the_protocol() {
+    let mut buf = BytesMut::new();
+    encode_data_row(&mut buf, &[Some("ab"), None]);
+    assert_eq!(&buf[..], b"D\0\0\0\x10\0\x02\0\0\0\x02ab\xff\xff\xff\xff");
+    buf.clear();
+    encode_data_row(&mut buf, &[]);
+    assert_eq!(&buf[..], b"D\0\0\0\x06\0\0");
+}
+
+#[test]
+fn column_counts_stop_at_the_int16_limit() {
+    let names = vec!["c"; MAX_COLUMNS + 3];
+    let (_, body) = encoded(|buf| encode_row_description(buf, &names));
+    assert_eq!(parse_row_description(&body).len(), MAX_COLUMNS);
+    let values = vec![None; MAX_COLUMNS + 3];
+    let (_, body) = encoded(|buf| encode_data_row(buf, &values));
+    assert_eq!(parse_data_row(&body).len(), MAX_COLUMNS);
+}
+
+#[test]
+fn command_complete_and_empty_query_response_bytes() {
+    let (tag, body) = encoded(|buf| encode_command_complete(buf, "SHOW"));
+    assert_eq!((tag, &body[..]), (b'C', &b"SHOW\0"[..]));
+    let mut buf = BytesMut::new();
+    encode_command_complete(&mut buf, "PAUSE");
+    assert_eq!(&buf[..], b"C\0\0\0\x0aPAUSE\0");
+
+    let (tag, body) = encoded(encode_empty_query_response);
+    assert_eq!((tag, &body[..]), (b'I', &b""[..]));
+    buf.clear();
+    encode_empty_query_response(&mut buf);
+    assert_eq!(&buf[..], b"I\0\0\0\x04");
+}
+
+#[test]
+fn a_result_set_splits_back_into_its_messages() {
+    let mut buf = BytesMut::new();
+    encode_row_description(&mut buf, &["name", "value"]);
+    encode_data_row(&mut buf, &[Some("listen_port"), Some("6432")]);
+    encode_data_row(&mut buf, &[Some("auth_file"), None]);
+    encode_command_complete(&mut buf, "SHOW");
+    encode_ready_for_query(&mut buf, b'I');
+    let mut tags = Vec::new();
+    while let Some((tag, body)) = split_message(&mut buf, MAX_MESSAGE_LEN).unwrap() {
+        if tag == b'D' {
+            assert_eq!(parse_data_row(&body).len(), 2);
+        }
+        tags.push(tag);
+    }
+    assert!(buf.is_empty());
+    assert_eq!(tags, b"TDDCZ");
+}
