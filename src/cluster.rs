@@ -90,22 +90,37 @@ impl Cluster {
     pub fn new(name: &str, config: &config::Cluster) -> Arc<Self> {
         let label = ("cluster", name.to_owned());
         let metrics = ClusterMetrics {
-            pool_wait: histogram!("sluice_pool_wait_seconds", &[label.clone()]),
-            query: histogram!("sluice_query_duration_seconds", &[label.clone()]),
-            transaction: histogram!("sluice_transaction_duration_seconds", &[label.clone()]),
-            connects: counter!("sluice_server_connects_total", &[label.clone()]),
-            connect_failures: counter!("sluice_server_connect_failures_total", &[label.clone()]),
+            pool_wait: histogram!("sluice_pool_wait_seconds", std::slice::from_ref(&label)),
+            query: histogram!(
+                "sluice_query_duration_seconds",
+                std::slice::from_ref(&label)
+            ),
+            transaction: histogram!(
+                "sluice_transaction_duration_seconds",
+                std::slice::from_ref(&label)
+            ),
+            connects: counter!("sluice_server_connects_total", std::slice::from_ref(&label)),
+            connect_failures: counter!(
+                "sluice_server_connect_failures_total",
+                std::slice::from_ref(&label)
+            ),
             disconnects: Disconnect::ALL.map(|reason| {
                 counter!(
                     "sluice_server_disconnects_total",
                     &[label.clone(), ("reason", reason.as_str().to_owned())]
                 )
             }),
-            used: gauge!("sluice_cluster_server_connections", &[label.clone()]),
-            up: gauge!("sluice_cluster_up", &[label.clone()]),
+            used: gauge!(
+                "sluice_cluster_server_connections",
+                std::slice::from_ref(&label)
+            ),
+            up: gauge!("sluice_cluster_up", std::slice::from_ref(&label)),
         };
-        gauge!("sluice_cluster_max_server_connections", &[label])
-            .set(f64::from(config.max_server_connections));
+        gauge!(
+            "sluice_cluster_max_server_connections",
+            std::slice::from_ref(&label)
+        )
+        .set(f64::from(config.max_server_connections));
         metrics.up.set(1.0);
         Arc::new(Cluster {
             name: name.to_owned(),

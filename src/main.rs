@@ -3,6 +3,7 @@
 //! `main` only wires things together: command line, configuration, logging, the tokio
 //! runtime, the listener and signal handling.
 
+mod admin;
 mod cancel;
 mod cluster;
 mod config;

@@ -3,7 +3,7 @@
 //! tenant is never handed to another. Lookup is two hash probes with borrowed keys.
 
 use crate::cluster::Cluster;
-use crate::config::{AuthType, Config, PasswordKind, PoolMode, TenantSettings};
+use crate::config::{AuthType, Config, PasswordKind, PoolMode, Secret, TenantSettings};
 use crate::params::Parameters;
 use crate::pool::{self, ServerPool};
 use crate::server::ServerTarget;
@@ -52,7 +52,7 @@ impl Drop for ClientSlot {
 
 impl Tenant {
     fn new(settings: TenantSettings, cluster: Arc<Cluster>) -> Self {
-        let auth = client_auth(&settings);
+        let auth = ClientAuth::for_secret(&settings.password, &settings.user, settings.auth_type);
         let target = ServerTarget {
             host: cluster.host.clone(),
             port: cluster.port,
@@ -122,21 +122,26 @@ impl Tenant {
     }
 }
 
-fn client_auth(settings: &TenantSettings) -> ClientAuth {
-    let password = settings.password.expose();
-    match (settings.password.password_kind(), settings.auth_type) {
-        (PasswordKind::ScramVerifier, _) => ClientAuth::Scram(
-            ScramSecret::parse(password).expect("validated with the configuration"),
-        ),
-        (PasswordKind::Md5Hash, _) => ClientAuth::Md5 {
-            hash: password.to_owned(),
-        },
-        (PasswordKind::Plaintext, AuthType::Md5) => ClientAuth::Md5 {
-            hash: md5_password_hash(&settings.user, password),
-        },
-        (PasswordKind::Plaintext, AuthType::ScramSha256) => ClientAuth::Scram(
-            ScramSecret::from_password(password, &crate::random::bytes::<16>(), SCRAM_ITERATIONS),
-        ),
+impl ClientAuth {
+    /// How to check a client that must know `password` (plaintext, SCRAM verifier or md5
+    /// hash, validated with the configuration). A SCRAM verifier means SCRAM whatever
+    /// `auth_type` says; an md5 hash means md5.
+    pub fn for_secret(password: &Secret, user: &str, auth_type: AuthType) -> Self {
+        let text = password.expose();
+        match (password.password_kind(), auth_type) {
+            (PasswordKind::ScramVerifier, _) => ClientAuth::Scram(
+                ScramSecret::parse(text).expect("validated with the configuration"),
+            ),
+            (PasswordKind::Md5Hash, _) => ClientAuth::Md5 {
+                hash: text.to_owned(),
+            },
+            (PasswordKind::Plaintext, AuthType::Md5) => ClientAuth::Md5 {
+                hash: md5_password_hash(user, text),
+            },
+            (PasswordKind::Plaintext, AuthType::ScramSha256) => ClientAuth::Scram(
+                ScramSecret::from_password(text, &crate::random::bytes::<16>(), SCRAM_ITERATIONS),
+            ),
+        }
     }
 }
 

@@ -10,6 +10,7 @@ mod relay;
 mod timeouts;
 
 pub use error::{ErrorKind, SessionError};
+pub use login::{negotiate_version, prove};
 
 use crate::cancel::CancelHandle;
 use crate::params::{self, Parameters};
@@ -38,7 +39,11 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, id: u64, shared: &Sh
     let span = tracing::info_span!("session", id, %peer, tenant = tracing::field::Empty);
     async {
         let _ = stream.set_nodelay(true);
-        let result = match start(&mut stream, peer, id, shared).await {
+        let started = start(&mut stream, peer, id, shared).await;
+        if let Some(outcome) = login_outcome(&started) {
+            metrics::counter!("sluice_client_logins_total", "result" => outcome).increment(1);
+        }
+        let result = match started {
             Ok(Started::Ready(ready)) => {
                 tracing::Span::current().record("tenant", ready.tenant.name());
                 info!("client logged in");
@@ -66,6 +71,11 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, id: u64, shared: &Sh
                 drop(slot);
                 result
             }
+            Ok(Started::Admin(buf)) => {
+                tracing::Span::current().record("tenant", "admin console");
+                info!("admin logged in");
+                crate::admin::serve(&mut stream, buf, shared).await
+            }
             Ok(Started::Cancel(key)) => {
                 shared.clients.cancel(key).await;
                 Ok(())
@@ -75,6 +85,11 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, id: u64, shared: &Sh
                 Err(e)
             }
         };
+        if let Err(e) = &result {
+            if !matches!(e, SessionError::ClientGone) {
+                metrics::counter!("sluice_errors_total", "kind" => e.kind().as_str()).increment(1);
+            }
+        }
         match result {
             Ok(()) | Err(SessionError::ClientGone) => debug!("client disconnected"),
             Err(e) if e.kind() == ErrorKind::Client => {
@@ -87,10 +102,32 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, id: u64, shared: &Sh
     .await
 }
 
+/// The `result` label of a login, or `None` for connections that were no login.
+fn login_outcome(started: &Result<Started, SessionError>) -> Option<&'static str> {
+    Some(match started {
+        Ok(Started::Ready(_) | Started::Admin(_)) => "ok",
+        Ok(Started::Cancel(_)) | Err(SessionError::ClientGone | SessionError::ClientIo(_)) => {
+            return None
+        }
+        Err(SessionError::BadPassword(_)) => "bad_password",
+        Err(
+            SessionError::UnknownDatabase(_)
+            | SessionError::UnknownUser { .. }
+            | SessionError::NotAnAdmin(_),
+        ) => "unknown_tenant",
+        Err(SessionError::TooManyClients { .. }) => "limit",
+        Err(SessionError::LoginTimeout(_)) => "timeout",
+        Err(SessionError::Protocol(_)) => "protocol_error",
+        Err(_) => "server_error",
+    })
+}
+
 /// What a new connection turned out to be.
 enum Started {
     /// A logged-in client that has been told it is ready for queries.
     Ready(Box<Ready>),
+    /// An admin logged in to the console; the bytes it sent after its login messages.
+    Admin(BytesMut),
     Cancel(CancelKey),
 }
 
@@ -117,7 +154,11 @@ async fn start(
     let mut buf = BytesMut::with_capacity(1024);
     let login = async {
         match login::read_opening(stream, &mut buf).await? {
-            Opening::Cancel(key) => Ok::<_, SessionError>(Err(key)),
+            Opening::Cancel(key) => Ok::<_, SessionError>(Err(Some(key))),
+            Opening::Startup(startup) if crate::admin::DATABASES.contains(&startup.database()) => {
+                crate::admin::login(stream, &mut buf, &startup, shared).await?;
+                Ok(Err(None))
+            }
             Opening::Startup(startup) => {
                 let logged_in = login::authenticate(stream, &mut buf, &startup, &tenants).await?;
                 Ok(Ok((startup, logged_in)))
@@ -131,7 +172,8 @@ async fn start(
     };
     let (startup, LoggedIn { tenant, slot }) = match logged_in {
         Ok(logged_in) => logged_in,
-        Err(key) => return Ok(Started::Cancel(key)),
+        Err(Some(key)) => return Ok(Started::Cancel(key)),
+        Err(None) => return Ok(Started::Admin(buf)),
     };
     let wait = tenant.settings.query_wait_timeout;
 
