@@ -11,10 +11,12 @@
 //!
 //! See <https://www.postgresql.org/docs/current/protocol-flow.html#PROTOCOL-FLOW-CANCELING-REQUESTS>.
 
+use crate::stats::ClientInfo;
 use bytes::BytesMut;
 use sluice_protocol::startup::{encode_cancel_request, CancelKey};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use subtle::ConstantTimeEq;
@@ -35,6 +37,11 @@ pub struct CancelRegistry {
 /// What a cancel for one client reaches.
 pub struct CancelTarget {
     secret: i32,
+    /// Who the client is and what it is doing, for the admin console and metrics.
+    pub client: Arc<ClientInfo>,
+    killed: AtomicBool,
+    /// Wakes the client's session when the admin console kills it.
+    kill: Notify,
     state: Mutex<TargetState>,
     /// Wakes the client's session while it waits for a server connection.
     cancel_wait: Notify,
@@ -73,8 +80,30 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl CancelRegistry {
+    /// Every registered client.
+    pub fn clients(&self) -> Vec<Arc<ClientInfo>> {
+        let mut clients: Vec<_> = lock(&self.clients)
+            .values()
+            .map(|target| target.client.clone())
+            .collect();
+        clients.sort_by_key(|c| c.id);
+        clients
+    }
+
+    /// Disconnects every client of `database` (admin `KILL`); returns how many.
+    pub fn kill_database(&self, database: &str) -> usize {
+        let clients = lock(&self.clients);
+        let mut killed = 0;
+        for target in clients.values().filter(|t| t.client.database == database) {
+            target.killed.store(true, Ordering::Relaxed);
+            target.kill.notify_waiters();
+            killed += 1;
+        }
+        killed
+    }
+
     /// Issues a fresh key for a client and registers it.
-    pub fn register(self: &Arc<Self>) -> CancelHandle {
+    pub fn register(self: &Arc<Self>, client: Arc<ClientInfo>) -> CancelHandle {
         let mut clients = lock(&self.clients);
         let key = loop {
             let [a, b, c, d, e, f, g, h] = crate::random::bytes::<8>();
@@ -88,6 +117,9 @@ impl CancelRegistry {
         };
         let target = Arc::new(CancelTarget {
             secret: key.secret,
+            client,
+            killed: AtomicBool::new(false),
+            kill: Notify::new(),
             state: Mutex::new(TargetState::default()),
             cancel_wait: Notify::new(),
             cancels_done: Notify::new(),
@@ -176,6 +208,19 @@ impl CancelTarget {
                 return;
             }
             cancelled.await;
+        }
+    }
+
+    /// Resolves when the admin console kills this client. Cancel-safe.
+    pub async fn killed(&self) {
+        loop {
+            let kill = self.kill.notified();
+            tokio::pin!(kill);
+            kill.as_mut().enable();
+            if self.killed.load(Ordering::Relaxed) {
+                return;
+            }
+            kill.await;
         }
     }
 

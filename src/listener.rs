@@ -1,9 +1,8 @@
 //! The client-facing listener: accepts connections, runs one session task per client,
 //! and on shutdown stops accepting and waits (bounded) for sessions to finish.
 
-use crate::cancel::CancelRegistry;
-use crate::session::{self, SessionConfig};
-use crate::tenant::Tenants;
+use crate::session;
+use crate::shared::Shared;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,13 +12,6 @@ use tracing::{error, info, warn};
 
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
-
-/// What every session shares.
-pub struct Shared {
-    pub tenants: Tenants,
-    pub session: SessionConfig,
-    pub cancels: Arc<CancelRegistry>,
-}
 
 /// Accepts clients until `shutdown` resolves, then waits up to `drain_timeout` for the
 /// sessions already running.
@@ -53,6 +45,7 @@ pub async fn serve(
             () = &mut shutdown => break,
         }
     }
+    shared.draining.store(true, Ordering::Relaxed);
     drop(listener);
     drop(alive);
     info!("stopped accepting clients; waiting for sessions to finish");

@@ -3,27 +3,32 @@
 //! `main` only wires things together: command line, configuration, logging, the tokio
 //! runtime, the listener and signal handling.
 
+mod admin;
 mod cancel;
+mod cluster;
 mod config;
+mod http;
 mod listener;
 mod params;
 mod pool;
+mod prometheus;
 mod random;
 mod server;
 mod session;
+mod shared;
 mod statements;
+mod stats;
+mod status_page;
 mod tenant;
 mod wire;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use config::Config;
-use listener::Shared;
-use session::SessionConfig;
+use shared::Shared;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use tenant::Tenants;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
 
@@ -81,7 +86,7 @@ fn run_command(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?
-        .block_on(run(config))
+        .block_on(run(config, path))
 }
 
 fn load(path: &std::path::Path) -> anyhow::Result<Config> {
@@ -103,33 +108,49 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
+    let metrics = prometheus::install_recorder()?;
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
-    let shared = Arc::new(Shared {
-        tenants: Tenants::from_config(&config),
-        session: SessionConfig {
-            client_login_timeout: config.client_login_timeout,
-        },
-        cancels: Default::default(),
-    });
+    let metrics_listener = tokio::net::TcpListener::bind(&config.metrics_listen)
+        .await
+        .with_context(|| format!("listening on {}", config.metrics_listen))?;
+    let drain_timeout = config.shutdown_timeout;
+    let shared = Arc::new(Shared::new(config, config_path, metrics));
     info!(
         listen = %listener.local_addr()?,
-        tenants = config.tenants.len(),
+        metrics_listen = %metrics_listener.local_addr()?,
+        tenants = shared.config.load().tenants.len(),
         version = env!("CARGO_PKG_VERSION"),
         "sluice started"
     );
     tokio::spawn(tenant::maintain_pools(shared.clone()));
+    tokio::spawn(prometheus::upkeep(shared.clone()));
+    tokio::spawn(http::serve(metrics_listener, shared.clone()));
+    tokio::spawn(reload_on_sighup(shared.clone()));
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
+    let admin_shutdown = shared.clone();
     let shutdown = async move {
         tokio::select! {
             _ = terminate.recv() => info!("SIGTERM received"),
             _ = interrupt.recv() => info!("SIGINT received"),
+            () = admin_shutdown.shutdown.notified() => info!("SHUTDOWN requested on the admin console"),
         }
     };
-    listener::serve(listener, shared, shutdown, config.shutdown_timeout).await;
+    listener::serve(listener, shared, shutdown, drain_timeout).await;
     info!("sluice stopped");
+    Ok(())
+}
+
+/// SIGHUP re-reads the configuration; an invalid file is logged and changes nothing.
+async fn reload_on_sighup(shared: Arc<Shared>) -> anyhow::Result<()> {
+    let mut hangup = signal(SignalKind::hangup())?;
+    while hangup.recv().await.is_some() {
+        if let Err(e) = shared.reload() {
+            tracing::error!(error = %e, "configuration not reloaded; the old one stays in force");
+        }
+    }
     Ok(())
 }

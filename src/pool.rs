@@ -5,21 +5,30 @@
 //! from its cluster's budget (`max_server_connections`), held by the connection itself.
 //! Recycling does no I/O: it only checks that the idle socket is still open and silent.
 
+use crate::cluster::{Cluster, Disconnect};
 use crate::server::{connect, ConnectError, ServerConn, ServerTarget};
+use crate::stats::{ServerRegistry, TenantStats};
 use deadpool::managed::{self, Metrics, QueueMode, RecycleError, RecycleResult, Timeouts};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
 
 pub type ServerPool = managed::Pool<ServerManager>;
 /// A leased server connection; dropping it returns the connection to its pool.
 pub type PooledServer = managed::Object<ServerManager>;
 pub type CheckoutError = managed::PoolError<ConnectError>;
 
+/// What a tenant's pool shares with the rest of the tenant.
+pub struct Shared {
+    pub cluster: Arc<Cluster>,
+    pub stats: Arc<TenantStats>,
+    pub servers: Arc<ServerRegistry>,
+}
+
 /// Creates and vets server connections for one tenant.
 pub struct ServerManager {
     target: ServerTarget,
-    budget: Arc<Semaphore>,
+    shared: Shared,
     /// `server_lifetime`; zero means unlimited.
     lifetime: Duration,
 }
@@ -29,13 +38,23 @@ impl managed::Manager for ServerManager {
     type Error = ConnectError;
 
     async fn create(&self) -> Result<ServerConn, ConnectError> {
-        let permit = self
-            .budget
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| ConnectError::BudgetClosed)?;
-        connect(&self.target, permit).await
+        let Shared {
+            cluster,
+            stats,
+            servers,
+        } = &self.shared;
+        stats.servers_connecting.fetch_add(1, Relaxed);
+        let opened = async {
+            let permit = cluster.acquire().await?;
+            connect(&self.target, permit, servers).await
+        }
+        .await;
+        stats.servers_connecting.fetch_sub(1, Relaxed);
+        match &opened {
+            Ok(_) => cluster.connect_succeeded(),
+            Err(_) => cluster.connect_failed(),
+        }
+        opened
     }
 
     async fn recycle(
@@ -43,7 +62,9 @@ impl managed::Manager for ServerManager {
         conn: &mut ServerConn,
         metrics: &Metrics,
     ) -> RecycleResult<ConnectError> {
+        let metrics_of_cluster = &self.shared.cluster.metrics;
         if !self.lifetime.is_zero() && metrics.age() >= self.lifetime {
+            metrics_of_cluster.disconnected(Disconnect::Lifetime);
             return Err(RecycleError::message(
                 "server connection reached server_lifetime",
             ));
@@ -51,6 +72,7 @@ impl managed::Manager for ServerManager {
         if conn.is_reusable() {
             Ok(())
         } else {
+            metrics_of_cluster.disconnected(Disconnect::Broken);
             Err(RecycleError::message(
                 "server connection closed or sent unexpected data",
             ))
@@ -60,16 +82,11 @@ impl managed::Manager for ServerManager {
 
 /// Builds a tenant's pool of at most `size` connections, each reused for at most
 /// `lifetime` (zero: no limit).
-pub fn build(
-    target: ServerTarget,
-    budget: Arc<Semaphore>,
-    size: usize,
-    lifetime: Duration,
-) -> ServerPool {
+pub fn build(target: ServerTarget, shared: Shared, size: usize, lifetime: Duration) -> ServerPool {
     let create_timeout = target.connect_timeout;
     ServerPool::builder(ServerManager {
         target,
-        budget,
+        shared,
         lifetime,
     })
     .max_size(size)
@@ -95,11 +112,27 @@ pub fn close_expired(pool: &ServerPool, idle_timeout: Duration, lifetime: Durati
     if idle_timeout.is_zero() && lifetime.is_zero() {
         return 0;
     }
+    let cluster = &pool.manager().shared.cluster;
     let result = pool.retain(|_, metrics| {
-        (idle_timeout.is_zero() || metrics.last_used() < idle_timeout)
-            && (lifetime.is_zero() || metrics.age() < lifetime)
+        let too_old = !lifetime.is_zero() && metrics.age() >= lifetime;
+        let idle_too_long = !idle_timeout.is_zero() && metrics.last_used() >= idle_timeout;
+        if too_old {
+            cluster.metrics.disconnected(Disconnect::Lifetime);
+        } else if idle_too_long {
+            cluster.metrics.disconnected(Disconnect::IdleTimeout);
+        }
+        !too_old && !idle_too_long
     });
     result.removed.len()
+}
+
+/// Closes every idle connection of a tenant that is no longer configured.
+pub fn close_idle(pool: &ServerPool) {
+    let cluster = &pool.manager().shared.cluster;
+    let result = pool.retain(|_, _| false);
+    for _ in &result.removed {
+        cluster.metrics.disconnected(Disconnect::Removed);
+    }
 }
 
 /// Opens connections until the pool holds at least `min` (or a connect fails), by

@@ -2,17 +2,18 @@
 //! pool of server connections, opened as its own role, so a server connection of one
 //! tenant is never handed to another. Lookup is two hash probes with borrowed keys.
 
-use crate::config::{AuthType, Config, PasswordKind, PoolMode, TenantSettings};
+use crate::cluster::Cluster;
+use crate::config::{AuthType, Config, PasswordKind, PoolMode, Secret, TenantSettings};
 use crate::params::Parameters;
 use crate::pool::{self, ServerPool};
 use crate::server::ServerTarget;
+use crate::stats::{ServerRegistry, TenantStats};
 use sluice_protocol::md5::md5_password_hash;
 use sluice_protocol::scram::ScramSecret;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use tokio::sync::Semaphore;
 
 /// Iterations for SCRAM verifiers sluice derives from plaintext passwords (PostgreSQL's default).
 const SCRAM_ITERATIONS: u32 = 4096;
@@ -29,8 +30,13 @@ pub enum ClientAuth {
 pub struct Tenant {
     pub settings: TenantSettings,
     pub auth: ClientAuth,
+    pub cluster: Arc<Cluster>,
     pub pool: ServerPool,
+    pub stats: Arc<TenantStats>,
+    pub servers: Arc<ServerRegistry>,
     clients: AtomicU32,
+    /// Set by the admin console's `PAUSE db`.
+    pub paused: AtomicBool,
     /// The parameters this tenant's server reports at login: the defaults clients start from.
     parameters: OnceLock<Arc<Parameters>>,
 }
@@ -45,21 +51,46 @@ impl Drop for ClientSlot {
 }
 
 impl Tenant {
-    fn new(settings: TenantSettings, budget: Arc<Semaphore>, target: ServerTarget) -> Self {
-        let auth = client_auth(&settings);
+    fn new(settings: TenantSettings, cluster: Arc<Cluster>) -> Self {
+        let auth = ClientAuth::for_secret(&settings.password, &settings.user, settings.auth_type);
+        let target = ServerTarget {
+            host: cluster.host.clone(),
+            port: cluster.port,
+            database: settings.server_database.clone(),
+            user: settings.server_user.clone(),
+            password: settings
+                .server_password
+                .as_ref()
+                .map(|s| s.expose().to_owned()),
+            connect_timeout: settings.server_connect_timeout,
+        };
+        let stats = Arc::new(TenantStats::default());
+        let servers = Arc::new(ServerRegistry::default());
         let pool = pool::build(
             target,
-            budget,
+            pool::Shared {
+                cluster: cluster.clone(),
+                stats: stats.clone(),
+                servers: servers.clone(),
+            },
             settings.pool_size as usize,
             settings.server_lifetime,
         );
         Tenant {
             settings,
             auth,
+            cluster,
             pool,
+            stats,
+            servers,
             clients: AtomicU32::new(0),
+            paused: AtomicBool::new(false),
             parameters: OnceLock::new(),
         }
+    }
+
+    pub fn client_count(&self) -> u32 {
+        self.clients.load(Ordering::Relaxed)
     }
 
     /// Counts a new client, or returns `None` when the tenant is at its limit.
@@ -91,21 +122,26 @@ impl Tenant {
     }
 }
 
-fn client_auth(settings: &TenantSettings) -> ClientAuth {
-    let password = settings.password.expose();
-    match (settings.password.password_kind(), settings.auth_type) {
-        (PasswordKind::ScramVerifier, _) => ClientAuth::Scram(
-            ScramSecret::parse(password).expect("validated with the configuration"),
-        ),
-        (PasswordKind::Md5Hash, _) => ClientAuth::Md5 {
-            hash: password.to_owned(),
-        },
-        (PasswordKind::Plaintext, AuthType::Md5) => ClientAuth::Md5 {
-            hash: md5_password_hash(&settings.user, password),
-        },
-        (PasswordKind::Plaintext, AuthType::ScramSha256) => ClientAuth::Scram(
-            ScramSecret::from_password(password, &crate::random::bytes::<16>(), SCRAM_ITERATIONS),
-        ),
+impl ClientAuth {
+    /// How to check a client that must know `password` (plaintext, SCRAM verifier or md5
+    /// hash, validated with the configuration). A SCRAM verifier means SCRAM whatever
+    /// `auth_type` says; an md5 hash means md5.
+    pub fn for_secret(password: &Secret, user: &str, auth_type: AuthType) -> Self {
+        let text = password.expose();
+        match (password.password_kind(), auth_type) {
+            (PasswordKind::ScramVerifier, _) => ClientAuth::Scram(
+                ScramSecret::parse(text).expect("validated with the configuration"),
+            ),
+            (PasswordKind::Md5Hash, _) => ClientAuth::Md5 {
+                hash: text.to_owned(),
+            },
+            (PasswordKind::Plaintext, AuthType::Md5) => ClientAuth::Md5 {
+                hash: md5_password_hash(user, text),
+            },
+            (PasswordKind::Plaintext, AuthType::ScramSha256) => ClientAuth::Scram(
+                ScramSecret::from_password(text, &crate::random::bytes::<16>(), SCRAM_ITERATIONS),
+            ),
+        }
     }
 }
 
@@ -115,44 +151,51 @@ pub enum Unknown {
     User,
 }
 
-/// Every configured tenant, by database and then user.
+/// Every configured tenant, by database and then user, and the clusters they use.
 pub struct Tenants {
     by_database: HashMap<String, HashMap<String, Arc<Tenant>>>,
+    pub clusters: BTreeMap<String, Arc<Cluster>>,
 }
 
 impl Tenants {
-    pub fn from_config(config: &Config) -> Self {
-        let budgets: HashMap<&str, Arc<Semaphore>> = config
-            .clusters
-            .iter()
-            .map(|(name, cluster)| {
-                let permits = cluster.max_server_connections as usize;
-                (name.as_str(), Arc::new(Semaphore::new(permits)))
-            })
-            .collect();
+    /// Builds the registry for `config`. Clusters and tenants of `previous` whose
+    /// settings did not change are kept as they are, with their pools, connections and
+    /// statistics; a changed budget is applied to the kept cluster.
+    pub fn build(config: &Config, previous: Option<&Tenants>) -> Self {
+        let mut clusters = BTreeMap::new();
+        for (name, settings) in &config.clusters {
+            let kept = previous
+                .and_then(|p| p.clusters.get(name))
+                .filter(|c| c.host == settings.host && c.port == settings.port);
+            let cluster = match kept {
+                Some(cluster) => {
+                    cluster.resize(settings.max_server_connections);
+                    cluster.clone()
+                }
+                None => Cluster::new(name, settings),
+            };
+            clusters.insert(name.clone(), cluster);
+        }
         let mut by_database: HashMap<String, HashMap<String, Arc<Tenant>>> = HashMap::new();
         for tenant in &config.tenants {
             let settings = tenant.effective(&config.defaults);
-            let cluster = &config.clusters[&settings.cluster];
-            let target = ServerTarget {
-                host: cluster.host.clone(),
-                port: cluster.port,
-                database: settings.server_database.clone(),
-                user: settings.server_user.clone(),
-                password: settings
-                    .server_password
-                    .as_ref()
-                    .map(|s| s.expose().to_owned()),
-                connect_timeout: settings.server_connect_timeout,
+            let cluster = clusters[&settings.cluster].clone();
+            let kept = previous
+                .and_then(|p| p.lookup(&settings.database, &settings.user).ok())
+                .filter(|t| t.settings == settings && Arc::ptr_eq(&t.cluster, &cluster));
+            let tenant = match kept {
+                Some(tenant) => tenant.clone(),
+                None => Arc::new(Tenant::new(settings, cluster)),
             };
-            let budget = budgets[settings.cluster.as_str()].clone();
-            let tenant = Arc::new(Tenant::new(settings, budget, target));
             by_database
                 .entry(tenant.settings.database.clone())
                 .or_default()
                 .insert(tenant.settings.user.clone(), tenant);
         }
-        Tenants { by_database }
+        Tenants {
+            by_database,
+            clusters,
+        }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Tenant>> {
@@ -172,9 +215,10 @@ const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(10);
 /// `server_idle_timeout` or `server_lifetime`, and tops pools up to `min_pool_size`.
 /// Runs every 10 s, or more often when a timeout is shorter, so it expires on time
 /// to within half of it.
-pub async fn maintain_pools(shared: Arc<crate::listener::Shared>) {
+pub async fn maintain_pools(shared: Arc<crate::shared::Shared>) {
     let shortest = shared
         .tenants
+        .load()
         .iter()
         .flat_map(|t| [t.settings.server_idle_timeout, t.settings.server_lifetime])
         .filter(|d| !d.is_zero())
@@ -186,7 +230,8 @@ pub async fn maintain_pools(shared: Arc<crate::listener::Shared>) {
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        for tenant in shared.tenants.iter() {
+        let tenants = shared.tenants.load_full();
+        for tenant in tenants.iter() {
             let settings = &tenant.settings;
             let closed = pool::close_expired(
                 &tenant.pool,

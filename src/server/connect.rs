@@ -3,8 +3,10 @@
 //! ParameterStatus set and BackendKeyData up to the first ReadyForQuery.
 
 use super::{ServerConn, SERVER_READ_CHUNK};
+use crate::cluster::BudgetPermit;
 use crate::params::{Parameters, ServerParameters};
 use crate::statements::ServerStatements;
+use crate::stats::ServerRegistry;
 use crate::wire::{flush, read_message, ReadError};
 use bytes::BytesMut;
 use sluice_protocol::backend::{self, AuthRequest};
@@ -13,9 +15,9 @@ use sluice_protocol::frontend;
 use sluice_protocol::md5::md5_client_response;
 use sluice_protocol::scram::ScramClient;
 use sluice_protocol::startup::{encode_startup, CancelKey};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 
 /// Where and as whom a tenant's server connections log in.
 #[derive(Clone)]
@@ -77,9 +79,10 @@ impl From<std::io::Error> for ConnectError {
 /// Opens and authenticates one server connection, within `target.connect_timeout`.
 pub async fn connect(
     target: &ServerTarget,
-    budget: OwnedSemaphorePermit,
+    budget: BudgetPermit,
+    registry: &Arc<ServerRegistry>,
 ) -> Result<ServerConn, ConnectError> {
-    match tokio::time::timeout(target.connect_timeout, login(target, budget)).await {
+    match tokio::time::timeout(target.connect_timeout, login(target, budget, registry)).await {
         Ok(result) => result,
         Err(_) => Err(ConnectError::Timeout(format!("{target:?}"))),
     }
@@ -87,7 +90,8 @@ pub async fn connect(
 
 async fn login(
     target: &ServerTarget,
-    budget: OwnedSemaphorePermit,
+    budget: BudgetPermit,
+    registry: &Arc<ServerRegistry>,
 ) -> Result<ServerConn, ConnectError> {
     let mut stream = TcpStream::connect((target.host.as_str(), target.port))
         .await
@@ -131,7 +135,9 @@ async fn login(
     }
     let cancel_key: CancelKey =
         cancel_key.ok_or_else(|| ConnectError::Protocol("server sent no BackendKeyData".into()))?;
+    let entry = registry.register(addr, cancel_key.pid);
     Ok(ServerConn {
+        entry,
         stream,
         read_buf: buf,
         cancel_key,

@@ -10,19 +10,22 @@ mod reset;
 pub use connect::{connect, ConnectError, ServerTarget};
 pub use reset::{reset, InFlight};
 
+use crate::cluster::BudgetPermit;
 use crate::params::ServerParameters;
 use crate::statements::ServerStatements;
+use crate::stats::ServerEntry;
 use bytes::BytesMut;
 use sluice_protocol::startup::CancelKey;
 use std::net::SocketAddr;
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 
 /// Initial capacity of a server connection's read buffer; results stream through it.
 pub const SERVER_READ_CHUNK: usize = 16 * 1024;
 
 /// An idle-or-leased connection to PostgreSQL.
 pub struct ServerConn {
+    /// This connection in its tenant's registry (for `SHOW SERVERS`).
+    pub entry: ServerEntry,
     pub stream: TcpStream,
     /// Bytes read from the server and not yet forwarded (at most a partial header
     /// between uses).
@@ -34,7 +37,7 @@ pub struct ServerConn {
     pub params: ServerParameters,
     /// The prepared statements this connection holds (transaction mode).
     pub statements: ServerStatements,
-    _budget: OwnedSemaphorePermit,
+    _budget: BudgetPermit,
 }
 
 impl ServerConn {

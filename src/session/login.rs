@@ -71,15 +71,7 @@ pub async fn authenticate(
     tenants: &Tenants,
 ) -> Result<LoggedIn, SessionError> {
     let mut out = BytesMut::with_capacity(256);
-    if startup.protocol_minor > 0 {
-        let unsupported: Vec<&str> = startup
-            .params
-            .iter()
-            .map(|(name, _)| name.as_str())
-            .filter(|name| name.starts_with("_pq_."))
-            .collect();
-        backend::encode_negotiate_protocol_version(&mut out, 0, &unsupported);
-    }
+    negotiate_version(startup, &mut out);
     let user = startup.user();
     let database = startup.database();
     let tenant = match tenants.lookup(database, user) {
@@ -92,16 +84,7 @@ pub async fn authenticate(
             })
         }
     };
-    let proven = match &tenant.auth {
-        ClientAuth::Scram(secret) => scram(stream, buf, &mut out, secret.clone()).await?,
-        ClientAuth::Md5 { hash } => md5(stream, buf, &mut out, hash).await?,
-    };
-    if !proven {
-        return Err(SessionError::BadPassword(user.to_owned()));
-    }
-    flush(stream, &mut out)
-        .await
-        .map_err(SessionError::ClientIo)?;
+    prove(stream, buf, &mut out, &tenant.auth, user).await?;
     let slot = tenant
         .admit_client()
         .ok_or_else(|| SessionError::TooManyClients {
@@ -109,6 +92,38 @@ pub async fn authenticate(
             max: tenant.settings.max_client_connections,
         })?;
     Ok(LoggedIn { tenant, slot })
+}
+
+/// Answers a request for a newer protocol minor version with the one sluice speaks.
+pub fn negotiate_version(startup: &StartupMessage, out: &mut BytesMut) {
+    if startup.protocol_minor > 0 {
+        let unsupported: Vec<&str> = startup
+            .params
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .filter(|name| name.starts_with("_pq_."))
+            .collect();
+        backend::encode_negotiate_protocol_version(out, 0, &unsupported);
+    }
+}
+
+/// Makes the client prove it knows `auth`'s secret (after whatever is already in
+/// `out`); fails with 28P01 when it does not.
+pub async fn prove(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    out: &mut BytesMut,
+    auth: &ClientAuth,
+    user: &str,
+) -> Result<(), SessionError> {
+    let proven = match auth {
+        ClientAuth::Scram(secret) => scram(stream, buf, out, secret.clone()).await?,
+        ClientAuth::Md5 { hash } => md5(stream, buf, out, hash).await?,
+    };
+    if !proven {
+        return Err(SessionError::BadPassword(user.to_owned()));
+    }
+    flush(stream, out).await.map_err(SessionError::ClientIo)
 }
 
 async fn password_message(

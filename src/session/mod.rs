@@ -10,11 +10,13 @@ mod relay;
 mod timeouts;
 
 pub use error::{ErrorKind, SessionError};
+pub use login::{negotiate_version, prove};
 
 use crate::cancel::CancelHandle;
-use crate::listener::Shared;
 use crate::params::{self, Parameters};
 use crate::pool::{self, PooledServer};
+use crate::shared::Shared;
+use crate::stats::ClientInfo;
 use crate::tenant::{ClientSlot, Tenant};
 use bytes::BytesMut;
 use login::{LoggedIn, Opening};
@@ -31,36 +33,51 @@ use tracing::{debug, info, warn, Instrument};
 /// How long sluice tries to deliver a final ErrorResponse to a client.
 const ERROR_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Settings every session needs from the process configuration.
-pub struct SessionConfig {
-    pub client_login_timeout: Duration,
-}
-
 /// Serves one client connection to the end. Never panics on client input; logs why the
 /// session ended.
 pub async fn serve(mut stream: TcpStream, peer: SocketAddr, id: u64, shared: &Shared) {
     let span = tracing::info_span!("session", id, %peer, tenant = tracing::field::Empty);
     async {
         let _ = stream.set_nodelay(true);
-        let result = match start(&mut stream, shared).await {
+        let started = start(&mut stream, peer, id, shared).await;
+        if let Some(outcome) = login_outcome(&started) {
+            metrics::counter!("sluice_client_logins_total", "result" => outcome).increment(1);
+        }
+        let result = match started {
             Ok(Started::Ready(ready)) => {
                 tracing::Span::current().record("tenant", ready.tenant.name());
                 info!("client logged in");
+                let Ready {
+                    tenant,
+                    slot,
+                    cancel,
+                    buf,
+                    leased,
+                    desired,
+                } = *ready;
                 let relay = Relay::new(
                     &mut stream,
-                    ready.buf,
-                    &ready.tenant,
-                    &ready.cancel.target,
-                    ready.leased,
-                    id,
-                    ready.desired,
+                    buf,
+                    relay::Context {
+                        tenant: &tenant,
+                        cancel: &cancel.target,
+                        pause: &shared.pause,
+                        client_id: id,
+                    },
+                    leased,
+                    desired,
                 );
                 let result = relay.run().await;
-                drop(ready.slot);
+                drop(slot);
                 result
             }
+            Ok(Started::Admin(buf)) => {
+                tracing::Span::current().record("tenant", "admin console");
+                info!("admin logged in");
+                crate::admin::serve(&mut stream, buf, shared).await
+            }
             Ok(Started::Cancel(key)) => {
-                shared.cancels.cancel(key).await;
+                shared.clients.cancel(key).await;
                 Ok(())
             }
             Err(e) => {
@@ -68,6 +85,11 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, id: u64, shared: &Sh
                 Err(e)
             }
         };
+        if let Err(e) = &result {
+            if !matches!(e, SessionError::ClientGone) {
+                metrics::counter!("sluice_errors_total", "kind" => e.kind().as_str()).increment(1);
+            }
+        }
         match result {
             Ok(()) | Err(SessionError::ClientGone) => debug!("client disconnected"),
             Err(e) if e.kind() == ErrorKind::Client => {
@@ -80,10 +102,32 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, id: u64, shared: &Sh
     .await
 }
 
+/// The `result` label of a login, or `None` for connections that were no login.
+fn login_outcome(started: &Result<Started, SessionError>) -> Option<&'static str> {
+    Some(match started {
+        Ok(Started::Ready(_) | Started::Admin(_)) => "ok",
+        Ok(Started::Cancel(_)) | Err(SessionError::ClientGone | SessionError::ClientIo(_)) => {
+            return None
+        }
+        Err(SessionError::BadPassword(_)) => "bad_password",
+        Err(
+            SessionError::UnknownDatabase(_)
+            | SessionError::UnknownUser { .. }
+            | SessionError::NotAnAdmin(_),
+        ) => "unknown_tenant",
+        Err(SessionError::TooManyClients { .. }) => "limit",
+        Err(SessionError::LoginTimeout(_)) => "timeout",
+        Err(SessionError::Protocol(_)) => "protocol_error",
+        Err(_) => "server_error",
+    })
+}
+
 /// What a new connection turned out to be.
 enum Started {
     /// A logged-in client that has been told it is ready for queries.
     Ready(Box<Ready>),
+    /// An admin logged in to the console; the bytes it sent after its login messages.
+    Admin(BytesMut),
     Cancel(CancelKey),
 }
 
@@ -100,26 +144,36 @@ struct Ready {
 }
 
 /// Login and greeting, bounded by `client_login_timeout`.
-async fn start(stream: &mut TcpStream, shared: &Shared) -> Result<Started, SessionError> {
+async fn start(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    id: u64,
+    shared: &Shared,
+) -> Result<Started, SessionError> {
+    let tenants = shared.tenants.load_full();
     let mut buf = BytesMut::with_capacity(1024);
     let login = async {
         match login::read_opening(stream, &mut buf).await? {
-            Opening::Cancel(key) => Ok::<_, SessionError>(Err(key)),
+            Opening::Cancel(key) => Ok::<_, SessionError>(Err(Some(key))),
+            Opening::Startup(startup) if crate::admin::DATABASES.contains(&startup.database()) => {
+                crate::admin::login(stream, &mut buf, &startup, shared).await?;
+                Ok(Err(None))
+            }
             Opening::Startup(startup) => {
-                let logged_in =
-                    login::authenticate(stream, &mut buf, &startup, &shared.tenants).await?;
+                let logged_in = login::authenticate(stream, &mut buf, &startup, &tenants).await?;
                 Ok(Ok((startup, logged_in)))
             }
         }
     };
-    let timeout = shared.session.client_login_timeout;
+    let timeout = shared.config.load().client_login_timeout;
     let logged_in = match tokio::time::timeout(timeout, login).await {
         Ok(result) => result?,
         Err(_) => return Err(SessionError::LoginTimeout(timeout)),
     };
     let (startup, LoggedIn { tenant, slot }) = match logged_in {
         Ok(logged_in) => logged_in,
-        Err(key) => return Ok(Started::Cancel(key)),
+        Err(Some(key)) => return Ok(Started::Cancel(key)),
+        Err(None) => return Ok(Started::Admin(buf)),
     };
     let wait = tenant.settings.query_wait_timeout;
 
@@ -145,7 +199,14 @@ async fn start(stream: &mut TcpStream, shared: &Shared) -> Result<Started, Sessi
     let mut greeting = BytesMut::with_capacity(1024);
     backend::encode_auth_ok(&mut greeting);
     desired.encode_status(&reported, &mut greeting);
-    let cancel = shared.cancels.register();
+    let client = ClientInfo::new(
+        id,
+        peer,
+        &tenant.settings.database,
+        &tenant.settings.user,
+        desired.get("application_name").unwrap_or(""),
+    );
+    let cancel = shared.clients.register(Arc::new(client));
     backend::encode_backend_key_data(&mut greeting, cancel.key);
     backend::encode_ready_for_query(&mut greeting, b'I');
     stream

@@ -20,10 +20,13 @@
 use super::timeouts::{Deadline, Timeouts};
 use super::SessionError;
 use crate::cancel::CancelTarget;
+use crate::cluster::Disconnect;
 use crate::params::Parameters;
 use crate::pool::{self, PooledServer};
 use crate::server::{self, InFlight, ServerConn};
+use crate::shared::Pause;
 use crate::statements::{self, ClientStatements, Confirm, Plan, ResponseFilter};
+use crate::stats::{add_micros, ClientState};
 use crate::tenant::Tenant;
 use crate::wire::{read_message, ReadError};
 use bytes::{Buf, Bytes, BytesMut};
@@ -32,8 +35,11 @@ use sluice_protocol::backend;
 use sluice_protocol::extended::{self, encode_bind, encode_target};
 use sluice_protocol::frame::{backend_header, frontend_header, Header, HEADER_LEN};
 use sluice_protocol::frontend::encode_query;
+use std::collections::VecDeque;
 use std::io::ErrorKind::WouldBlock;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
@@ -120,8 +126,34 @@ pub struct Relay<'a> {
     timeouts: Timeouts,
     /// The session parameters the client asked for, kept up to date with its own SETs.
     desired: Parameters,
+    /// When the current server connection was leased.
+    lease_started: Option<Instant>,
+    /// When each request still owed a ReadyForQuery was sent.
+    requests_started: VecDeque<Instant>,
     tenant: &'a Tenant,
     cancel: &'a Arc<CancelTarget>,
+    pause: &'a Pause,
+}
+
+/// Who the relay works for.
+pub struct Context<'a> {
+    pub tenant: &'a Tenant,
+    pub cancel: &'a Arc<CancelTarget>,
+    pub pause: &'a Pause,
+    pub client_id: u64,
+}
+
+/// Records that `client` now holds `server`.
+fn note_leased(tenant: &Tenant, cancel: &CancelTarget, server: &ServerConn, now: Instant) {
+    tenant.stats.clients_active.fetch_add(1, Relaxed);
+    cancel.client.set_state(ClientState::Active, now);
+    cancel
+        .client
+        .server_pid
+        .store(server.cancel_key.pid, Relaxed);
+    let info = &server.entry.info;
+    info.active.store(true, Relaxed);
+    info.client_id.store(cancel.client.id, Relaxed);
 }
 
 impl<'a> Relay<'a> {
@@ -130,15 +162,22 @@ impl<'a> Relay<'a> {
     pub fn new(
         client: &'a mut TcpStream,
         client_buf: BytesMut,
-        tenant: &'a Tenant,
-        cancel: &'a Arc<CancelTarget>,
+        context: Context<'a>,
         server: Option<PooledServer>,
-        client_id: u64,
         desired: Parameters,
     ) -> Self {
-        if let Some(server) = &server {
+        let Context {
+            tenant,
+            cancel,
+            pause,
+            client_id,
+        } = context;
+        let now = Instant::now();
+        let lease_started = server.as_ref().map(|server| {
             cancel.attach(server.addr, server.cancel_key);
-        }
+            note_leased(tenant, cancel, server, now);
+            now
+        });
         let settings = &tenant.settings;
         let tracks_statements = !tenant.is_session_mode() && settings.max_prepared_statements > 0;
         Relay {
@@ -163,8 +202,11 @@ impl<'a> Relay<'a> {
             filter: ResponseFilter::default(),
             timeouts: Timeouts::new(settings),
             desired,
+            lease_started,
+            requests_started: VecDeque::new(),
             tenant,
             cancel,
+            pause,
         }
     }
 
@@ -177,6 +219,7 @@ impl<'a> Relay<'a> {
         if self.is_releasable() && !self.tenant.is_session_mode() {
             self.release();
         } else if let Some(server) = self.server.take() {
+            self.lease_ended(&server);
             let in_flight = InFlight {
                 pending_ready: self.exchange.pending_ready,
                 unsynced: self.exchange.unsynced,
@@ -209,6 +252,7 @@ impl<'a> Relay<'a> {
         let Some(server) = self.server.take() else {
             return;
         };
+        self.lease_ended(&server);
         self.filter = ResponseFilter::default();
         if self.cancel.detach() {
             let cancel = self.cancel.clone();
@@ -217,6 +261,30 @@ impl<'a> Relay<'a> {
                 drop(server);
             });
         }
+    }
+
+    /// Statistics and state for the end of a lease.
+    fn lease_ended(&mut self, server: &ServerConn) {
+        let now = Instant::now();
+        let stats = &self.tenant.stats;
+        stats.clients_active.fetch_sub(1, Relaxed);
+        stats.transactions.fetch_add(1, Relaxed);
+        if let Some(started) = self.lease_started.take() {
+            let leased = now - started;
+            add_micros(&stats.transaction_micros, leased);
+            self.tenant
+                .cluster
+                .metrics
+                .transaction
+                .record(leased.as_secs_f64());
+        }
+        self.requests_started.clear();
+        let info = &server.entry.info;
+        info.active.store(false, Relaxed);
+        info.client_id.store(0, Relaxed);
+        let client = &self.cancel.client;
+        client.set_state(ClientState::Idle, now);
+        client.server_pid.store(0, Relaxed);
     }
 
     async fn relay(&mut self) -> Result<(), SessionError> {
@@ -265,6 +333,7 @@ impl<'a> Relay<'a> {
         tokio::select! {
             r = self.client.readable() => r.map_err(SessionError::ClientIo)?,
             () = Deadline::sleep(deadline) => return Err(self.timeouts.expired(false)),
+            () = self.cancel.killed() => return Err(SessionError::Killed),
         }
         if !self.read_client()? {
             self.terminated = true;
@@ -304,6 +373,7 @@ impl<'a> Relay<'a> {
             r = client.writable(), if write_client => {
                 r.map_err(SessionError::ClientIo)?;
             }
+            () = self.cancel.killed() => return Err(SessionError::Killed),
             () = Deadline::sleep(deadline) => {
                 if busy {
                     self.timeouts.query_cancelled();
@@ -337,7 +407,45 @@ impl<'a> Relay<'a> {
         let tenant = self.tenant;
         let cancel = self.cancel;
         let wait = tenant.settings.query_wait_timeout;
-        let checkout = pool::checkout(&tenant.pool, wait);
+        let started = Instant::now();
+        cancel.client.set_state(ClientState::Waiting, started);
+        tenant.stats.clients_waiting.fetch_add(1, Relaxed);
+        let leased = self.wait_for_server(wait).await;
+        tenant.stats.clients_waiting.fetch_sub(1, Relaxed);
+        cancel.set_waiting(false);
+        let leased = match leased {
+            Ok(leased) => leased,
+            Err(e) => {
+                cancel.client.set_state(ClientState::Idle, Instant::now());
+                return Err(e);
+            }
+        };
+        let now = Instant::now();
+        let waited = now - started;
+        tenant.stats.record_wait(waited);
+        tenant
+            .cluster
+            .metrics
+            .pool_wait
+            .record(waited.as_secs_f64());
+        debug!(server = %leased.addr, "server connection leased");
+        cancel.attach(leased.addr, leased.cancel_key);
+        note_leased(tenant, cancel, &leased, now);
+        self.lease_started = Some(now);
+        self.server = Some(leased);
+        self.sync_parameters().await
+    }
+
+    /// Waits (while paused, then for a pool slot) for a server connection.
+    async fn wait_for_server(&mut self, wait: Duration) -> Result<PooledServer, SessionError> {
+        let tenant = self.tenant;
+        let cancel = self.cancel;
+        let resumed = self.pause.wait_resumed(tenant);
+        tokio::pin!(resumed);
+        let checkout = async {
+            resumed.await;
+            pool::checkout(&tenant.pool, wait).await
+        };
         tokio::pin!(checkout);
         cancel.set_waiting(true);
         let leased = loop {
@@ -346,9 +454,9 @@ impl<'a> Relay<'a> {
             tokio::select! {
                 leased = &mut checkout => break leased,
                 () = cancel.cancelled_while_waiting() => {
-                    cancel.set_waiting(false);
                     return Err(SessionError::CancelledWhileWaiting);
                 }
+                () = cancel.killed() => return Err(SessionError::Killed),
                 r = self.client.readable(), if watch_client => {
                     r.map_err(SessionError::ClientIo)?;
                     if !self.read_client()? {
@@ -357,12 +465,7 @@ impl<'a> Relay<'a> {
                 }
             }
         };
-        cancel.set_waiting(false);
-        let server = leased.map_err(|e| SessionError::from_checkout(&tenant.name(), wait, e))?;
-        debug!(server = %server.addr, "server connection leased");
-        cancel.attach(server.addr, server.cancel_key);
-        self.server = Some(server);
-        self.sync_parameters().await
+        leased.map_err(|e| SessionError::from_checkout(&tenant.name(), wait, e))
     }
 
     /// Gives the server session the client's parameter values where they differ, in
@@ -403,7 +506,12 @@ impl<'a> Relay<'a> {
             Some((code, message)) => {
                 // What the server now has is unknown: close it rather than reuse it.
                 if let Some(server) = self.server.take() {
+                    self.lease_ended(&server);
                     self.cancel.detach();
+                    self.tenant
+                        .cluster
+                        .metrics
+                        .disconnected(Disconnect::ResetFailed);
                     drop(Object::take(server));
                 }
                 Err(SessionError::ParameterRejected { code, message })
@@ -418,7 +526,11 @@ impl<'a> Relay<'a> {
         reserve_for_read(buf, CLIENT_READ_CHUNK.max(wanted));
         match self.client.try_read_buf(buf) {
             Ok(0) => Ok(false),
-            Ok(_) => {
+            Ok(n) => {
+                self.tenant
+                    .stats
+                    .received_bytes
+                    .fetch_add(n as u64, Relaxed);
                 self.timeouts.client_active();
                 Ok(true)
             }
@@ -466,6 +578,7 @@ impl<'a> Relay<'a> {
                 }
                 b'Q' | b'F' | b'S' => {
                     self.exchange.pending_ready += 1;
+                    self.requests_started.push_back(Instant::now());
                     self.timeouts.request_sent(self.exchange.pending_ready);
                     self.filter.batch_sent();
                     if header.tag == b'S' {
@@ -573,6 +686,15 @@ impl<'a> Relay<'a> {
                 }
             }
         };
+        if matches!(tag, b'B' | b'D') && plan.rename.is_some() {
+            let stats = &self.tenant.stats;
+            let counter = if plan.parse.is_some() {
+                &stats.prepared_misses
+            } else {
+                &stats.prepared_hits
+            };
+            counter.fetch_add(1, Relaxed);
+        }
         if plan.is_nothing() {
             if tag == b'C' {
                 self.filter.close_sent(false);
@@ -664,6 +786,13 @@ impl<'a> Relay<'a> {
                     self.exchange.copy_in = false;
                     self.filter.batch_done();
                     self.timeouts.ready_received(self.exchange.pending_ready);
+                    if let Some(sent) = self.requests_started.pop_front() {
+                        let took = sent.elapsed();
+                        let stats = &self.tenant.stats;
+                        stats.queries.fetch_add(1, Relaxed);
+                        add_micros(&stats.query_micros, took);
+                        self.tenant.cluster.metrics.query.record(took.as_secs_f64());
+                    }
                 }
                 b'G' => self.exchange.copy_in = true,
                 b'S' => {
@@ -732,6 +861,7 @@ impl<'a> Relay<'a> {
             Ok(n) => {
                 server.read_buf.advance(n);
                 self.to_client.forwardable -= n;
+                self.tenant.stats.sent_bytes.fetch_add(n as u64, Relaxed);
                 Ok(())
             }
             Err(e) if e.kind() == WouldBlock => Ok(()),
@@ -743,7 +873,9 @@ impl<'a> Relay<'a> {
     fn server_lost(&mut self, why: &str) -> SessionError {
         if let Some(server) = self.server.take() {
             warn!(server = %server.addr, reason = why, "server connection lost");
+            self.lease_ended(&server);
             self.cancel.detach();
+            self.tenant.cluster.metrics.disconnected(Disconnect::Broken);
             drop(Object::take(server));
         }
         SessionError::ServerLost(why.to_owned())

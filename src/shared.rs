@@ -1,0 +1,115 @@
+//! Process-wide state every task shares: the live configuration and tenants (swapped
+//! whole on reload, so a session keeps the tenant it logged in with), the registry of
+//! connected clients, the pause and drain switches, and the metrics handle.
+
+use crate::cancel::CancelRegistry;
+use crate::config::Config;
+use crate::pool;
+use crate::tenant::{Tenant, Tenants};
+use arc_swap::ArcSwap;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::SystemTime;
+use tokio::sync::Notify;
+use tracing::info;
+
+pub struct Shared {
+    pub config: ArcSwap<Config>,
+    pub config_path: PathBuf,
+    pub tenants: ArcSwap<Tenants>,
+    pub clients: Arc<CancelRegistry>,
+    pub pause: Pause,
+    /// Set once shutdown began: not ready, no new clients.
+    pub draining: AtomicBool,
+    /// Wakes the main task to shut down (admin `SHUTDOWN`).
+    pub shutdown: Notify,
+    pub metrics: PrometheusHandle,
+    pub started_at: SystemTime,
+}
+
+impl Shared {
+    pub fn new(config: Config, config_path: PathBuf, metrics: PrometheusHandle) -> Self {
+        let tenants = Tenants::build(&config, None);
+        Shared {
+            config: ArcSwap::from_pointee(config),
+            config_path,
+            tenants: ArcSwap::from_pointee(tenants),
+            clients: Arc::new(CancelRegistry::default()),
+            pause: Pause::default(),
+            draining: AtomicBool::new(false),
+            shutdown: Notify::new(),
+            metrics,
+            started_at: SystemTime::now(),
+        }
+    }
+
+    /// Re-reads the configuration file. An invalid file changes nothing. Tenants and
+    /// clusters whose settings are unchanged keep their pools; connected clients keep
+    /// the tenant they logged in with; idle connections of removed tenants are closed.
+    pub fn reload(&self) -> Result<(), crate::config::ConfigError> {
+        let config = Config::load(&self.config_path)?;
+        let old = self.tenants.load_full();
+        let new = Tenants::build(&config, Some(&old));
+        for tenant in old.iter() {
+            let kept = new
+                .lookup(&tenant.settings.database, &tenant.settings.user)
+                .is_ok_and(|t| Arc::ptr_eq(t, tenant));
+            if !kept {
+                pool::close_idle(&tenant.pool);
+            }
+        }
+        info!(
+            clusters = config.clusters.len(),
+            tenants = config.tenants.len(),
+            "configuration reloaded"
+        );
+        self.tenants.store(Arc::new(new));
+        self.config.store(Arc::new(config));
+        Ok(())
+    }
+
+    /// Ready for traffic: not draining, not paused, and some cluster reachable.
+    pub fn is_ready(&self) -> bool {
+        !self.draining.load(Relaxed)
+            && !self.pause.global.load(Relaxed)
+            && self
+                .tenants
+                .load()
+                .clusters
+                .values()
+                .any(|c| c.is_reachable())
+    }
+}
+
+/// `PAUSE`/`RESUME`: while paused (everything, or one tenant), clients keep their
+/// connections but new transactions wait for a server connection until resumed.
+#[derive(Default)]
+pub struct Pause {
+    pub global: AtomicBool,
+    resumed: Notify,
+}
+
+impl Pause {
+    pub fn is_paused(&self, tenant: &Tenant) -> bool {
+        self.global.load(Relaxed) || tenant.paused.load(Relaxed)
+    }
+
+    /// Waits until neither everything nor `tenant` is paused. Cancel-safe.
+    pub async fn wait_resumed(&self, tenant: &Tenant) {
+        loop {
+            let resumed = self.resumed.notified();
+            tokio::pin!(resumed);
+            resumed.as_mut().enable();
+            if !self.is_paused(tenant) {
+                return;
+            }
+            resumed.await;
+        }
+    }
+
+    pub fn resume_waiters(&self) {
+        self.resumed.notify_waiters();
+    }
+}
