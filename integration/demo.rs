@@ -20,6 +20,8 @@ const TENANTS: [(&str, &str, &str); 3] = [
     ("globex", "globex-secret", "transaction"),
     ("initech", "initech-secret", "session"),
 ];
+/// The admin-console login the demo configures.
+const ADMIN: (&str, &str) = ("sluice_admin", "admin-secret");
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
@@ -30,7 +32,7 @@ async fn main() -> ExitCode {
 
     println!("Starting a throwaway PostgreSQL…");
     let pg = Postgres::shared();
-    let mut config = SluiceConfig::new(pg);
+    let mut config = SluiceConfig::new(pg).admin(ADMIN.0, ADMIN.1);
     config.listen = preferred(6432, config.listen);
     config.metrics_listen = preferred(8067, config.metrics_listen);
     for (name, password, mode) in TENANTS {
@@ -106,6 +108,15 @@ fn print_instructions(sluice: &Sluice, pg: &Postgres) {
     println!("\nLoad, e.g.:\n");
     println!("  PGPASSWORD=acme-secret pgbench -h 127.0.0.1 -p {port} -U acme -i acme");
     println!("  PGPASSWORD=acme-secret pgbench -h 127.0.0.1 -p {port} -U acme -c 50 -T 10 -S acme");
+    println!("\nAdmin console (SHOW POOLS, SHOW STATS, …):\n");
+    println!(
+        "  psql \"host=127.0.0.1 port={port} dbname=sluice user={} password={}\"",
+        ADMIN.0, ADMIN.1
+    );
+    println!(
+        "\nMetrics: curl http://{0}/metrics    Status page: http://{0}/",
+        sluice.metrics_addr()
+    );
     println!("Config:  {}", sluice.config_path().display());
     println!("\nPress Ctrl-C to stop.");
 }
