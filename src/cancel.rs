@@ -92,9 +92,18 @@ impl CancelRegistry {
 
     /// Disconnects every client of `database` (admin `KILL`); returns how many.
     pub fn kill_database(&self, database: &str) -> usize {
+        self.kill_where(|client| client.database == database)
+    }
+
+    /// Disconnects every client (end of a shutdown); returns how many.
+    pub fn kill_all(&self) -> usize {
+        self.kill_where(|_| true)
+    }
+
+    fn kill_where(&self, selected: impl Fn(&ClientInfo) -> bool) -> usize {
         let clients = lock(&self.clients);
         let mut killed = 0;
-        for target in clients.values().filter(|t| t.client.database == database) {
+        for target in clients.values().filter(|t| selected(&t.client)) {
             target.killed.store(true, Ordering::Relaxed);
             target.kill.notify_waiters();
             killed += 1;

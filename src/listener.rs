@@ -10,6 +10,9 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
+/// How long killed sessions get to send their last ErrorResponse.
+const FINAL_GOODBYE: Duration = Duration::from_secs(1);
+
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -45,17 +48,20 @@ pub async fn serve(
             () = &mut shutdown => break,
         }
     }
-    shared.draining.store(true, Ordering::Relaxed);
+    shared.drain.start();
     drop(listener);
     drop(alive);
-    info!("stopped accepting clients; waiting for sessions to finish");
+    info!("stopped accepting clients; waiting for open transactions to finish");
     if tokio::time::timeout(drain_timeout, all_done.recv())
         .await
         .is_err()
     {
+        let killed = shared.clients.kill_all();
         warn!(
             ?drain_timeout,
-            "sessions still open at shutdown; closing them"
+            clients = killed,
+            "transactions still open at the end of shutdown_timeout; disconnecting their clients"
         );
+        let _ = tokio::time::timeout(FINAL_GOODBYE, all_done.recv()).await;
     }
 }

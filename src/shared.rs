@@ -21,8 +21,7 @@ pub struct Shared {
     pub tenants: ArcSwap<Tenants>,
     pub clients: Arc<CancelRegistry>,
     pub pause: Pause,
-    /// Set once shutdown began: not ready, no new clients.
-    pub draining: AtomicBool,
+    pub drain: Drain,
     /// Wakes the main task to shut down (admin `SHUTDOWN`).
     pub shutdown: Notify,
     pub metrics: PrometheusHandle,
@@ -38,7 +37,7 @@ impl Shared {
             tenants: ArcSwap::from_pointee(tenants),
             clients: Arc::new(CancelRegistry::default()),
             pause: Pause::default(),
-            draining: AtomicBool::new(false),
+            drain: Drain::default(),
             shutdown: Notify::new(),
             metrics,
             started_at: SystemTime::now(),
@@ -72,7 +71,7 @@ impl Shared {
 
     /// Ready for traffic: not draining, not paused, and some cluster reachable.
     pub fn is_ready(&self) -> bool {
-        !self.draining.load(Relaxed)
+        !self.drain.is_draining()
             && !self.pause.global.load(Relaxed)
             && self
                 .tenants
@@ -111,5 +110,37 @@ impl Pause {
 
     pub fn resume_waiters(&self) {
         self.resumed.notify_waiters();
+    }
+}
+
+/// Shutdown: once draining, sessions end (with 57P01) as soon as they hold no
+/// transaction; those still inside one finish it first.
+#[derive(Default)]
+pub struct Drain {
+    draining: AtomicBool,
+    started: Notify,
+}
+
+impl Drain {
+    pub fn start(&self) {
+        self.draining.store(true, Relaxed);
+        self.started.notify_waiters();
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Relaxed)
+    }
+
+    /// Resolves once draining has started. Cancel-safe.
+    pub async fn started(&self) {
+        loop {
+            let started = self.started.notified();
+            tokio::pin!(started);
+            started.as_mut().enable();
+            if self.is_draining() {
+                return;
+            }
+            started.await;
+        }
     }
 }

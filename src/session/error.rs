@@ -66,6 +66,8 @@ pub enum SessionError {
     NotAnAdmin(String),
     #[error("terminating connection due to administrator command")]
     Killed,
+    #[error("terminating connection: sluice is shutting down")]
+    ShuttingDown,
     #[error("server refused the client's session parameters: {message} (SQLSTATE {code})")]
     ParameterRejected { code: String, message: String },
 }
@@ -96,7 +98,7 @@ impl SessionError {
             SessionError::TooManyClients { .. } | SessionError::WaitTimeout { .. } => "53300",
             SessionError::LoginTimeout(_) => "08006",
             SessionError::CancelledWhileWaiting => "57014",
-            SessionError::Killed => "57P01",
+            SessionError::Killed | SessionError::ShuttingDown => "57P01",
             SessionError::IdleInTransactionTimeout(_) => "25P03",
             SessionError::ClientIdleTimeout(_) => "57P05",
             SessionError::ServerUnavailable {

@@ -62,6 +62,7 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, id: u64, shared: &Sh
                         tenant: &tenant,
                         cancel: &cancel.target,
                         pause: &shared.pause,
+                        drain: &shared.drain,
                         client_id: id,
                     },
                     leased,

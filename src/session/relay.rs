@@ -24,7 +24,7 @@ use crate::cluster::Disconnect;
 use crate::params::Parameters;
 use crate::pool::{self, PooledServer};
 use crate::server::{self, InFlight, ServerConn};
-use crate::shared::Pause;
+use crate::shared::{Drain, Pause};
 use crate::statements::{self, ClientStatements, Confirm, Plan, ResponseFilter};
 use crate::stats::{add_micros, ClientState};
 use crate::tenant::Tenant;
@@ -133,6 +133,7 @@ pub struct Relay<'a> {
     tenant: &'a Tenant,
     cancel: &'a Arc<CancelTarget>,
     pause: &'a Pause,
+    drain: &'a Drain,
 }
 
 /// Who the relay works for.
@@ -140,6 +141,7 @@ pub struct Context<'a> {
     pub tenant: &'a Tenant,
     pub cancel: &'a Arc<CancelTarget>,
     pub pause: &'a Pause,
+    pub drain: &'a Drain,
     pub client_id: u64,
 }
 
@@ -170,6 +172,7 @@ impl<'a> Relay<'a> {
             tenant,
             cancel,
             pause,
+            drain,
             client_id,
         } = context;
         let now = Instant::now();
@@ -207,6 +210,7 @@ impl<'a> Relay<'a> {
             tenant,
             cancel,
             pause,
+            drain,
         }
     }
 
@@ -316,6 +320,9 @@ impl<'a> Relay<'a> {
                 if self.terminated {
                     return Ok(());
                 }
+                if self.drain.is_draining() {
+                    return Err(SessionError::ShuttingDown);
+                }
                 if !self.tenant.is_session_mode() {
                     self.release();
                     continue;
@@ -334,6 +341,7 @@ impl<'a> Relay<'a> {
             r = self.client.readable() => r.map_err(SessionError::ClientIo)?,
             () = Deadline::sleep(deadline) => return Err(self.timeouts.expired(false)),
             () = self.cancel.killed() => return Err(SessionError::Killed),
+            () = self.drain.started() => return Err(SessionError::ShuttingDown),
         }
         if !self.read_client()? {
             self.terminated = true;
@@ -351,6 +359,7 @@ impl<'a> Relay<'a> {
         let write_client = self.to_client.forwardable > 0;
         let in_transaction = self.exchange.status != b'I';
         let busy = self.exchange.pending_ready > 0;
+        let releasable = self.is_releasable();
         let deadline = if busy {
             self.timeouts.query_deadline()
         } else {
@@ -374,6 +383,7 @@ impl<'a> Relay<'a> {
                 r.map_err(SessionError::ClientIo)?;
             }
             () = self.cancel.killed() => return Err(SessionError::Killed),
+            () = self.drain.started(), if releasable => return Err(SessionError::ShuttingDown),
             () = Deadline::sleep(deadline) => {
                 if busy {
                     self.timeouts.query_cancelled();
