@@ -16,14 +16,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Rows of text values; `None` is NULL.
 struct Table {
-    columns: &'static [&'static str],
+    columns: Vec<&'static str>,
     rows: Vec<Vec<Option<String>>>,
 }
 
 impl Table {
-    fn new(columns: &'static [&'static str]) -> Self {
+    fn new(columns: &[&'static str]) -> Self {
         Table {
-            columns,
+            columns: columns.to_vec(),
             rows: Vec::new(),
         }
     }
@@ -34,7 +34,7 @@ impl Table {
     }
 
     fn encode(&self, out: &mut BytesMut) {
-        encode_row_description(out, self.columns);
+        encode_row_description(out, &self.columns);
         for row in &self.rows {
             let values: Vec<Option<&str>> = row.iter().map(Option::as_deref).collect();
             encode_data_row(out, &values);
@@ -165,61 +165,39 @@ fn pools(shared: &Shared, tenants: &[Arc<Tenant>]) -> Table {
 
 /// Per-database totals and averages, as PgBouncer aggregates them.
 fn stats(shared: &Shared, tenants: &[Arc<Tenant>], totals: bool, averages: bool) -> Table {
-    let columns: &'static [&'static str] = match (totals, averages) {
-        (true, true) => &[
-            "database",
-            "total_server_assignment_count",
-            "total_xact_count",
-            "total_query_count",
-            "total_received",
-            "total_sent",
-            "total_xact_time",
-            "total_query_time",
-            "total_wait_time",
-            "total_client_parse_count",
-            "total_server_parse_count",
-            "total_bind_count",
-            "avg_server_assignment_count",
-            "avg_xact_count",
-            "avg_query_count",
-            "avg_recv",
-            "avg_sent",
-            "avg_xact_time",
-            "avg_query_time",
-            "avg_wait_time",
-            "avg_client_parse_count",
-            "avg_server_parse_count",
-            "avg_bind_count",
-        ],
-        (true, false) => &[
-            "database",
-            "total_server_assignment_count",
-            "total_xact_count",
-            "total_query_count",
-            "total_received",
-            "total_sent",
-            "total_xact_time",
-            "total_query_time",
-            "total_wait_time",
-            "total_client_parse_count",
-            "total_server_parse_count",
-            "total_bind_count",
-        ],
-        _ => &[
-            "database",
-            "avg_server_assignment_count",
-            "avg_xact_count",
-            "avg_query_count",
-            "avg_recv",
-            "avg_sent",
-            "avg_xact_time",
-            "avg_query_time",
-            "avg_wait_time",
-            "avg_client_parse_count",
-            "avg_server_parse_count",
-            "avg_bind_count",
-        ],
-    };
+    const TOTALS: [&str; 11] = [
+        "total_server_assignment_count",
+        "total_xact_count",
+        "total_query_count",
+        "total_received",
+        "total_sent",
+        "total_xact_time",
+        "total_query_time",
+        "total_wait_time",
+        "total_client_parse_count",
+        "total_server_parse_count",
+        "total_bind_count",
+    ];
+    const AVERAGES: [&str; 11] = [
+        "avg_server_assignment_count",
+        "avg_xact_count",
+        "avg_query_count",
+        "avg_recv",
+        "avg_sent",
+        "avg_xact_time",
+        "avg_query_time",
+        "avg_wait_time",
+        "avg_client_parse_count",
+        "avg_server_parse_count",
+        "avg_bind_count",
+    ];
+    let mut columns = vec!["database"];
+    if totals {
+        columns.extend(TOTALS);
+    }
+    if averages {
+        columns.extend(AVERAGES);
+    }
     let mut by_database: BTreeMap<&str, [u64; 9]> = BTreeMap::new();
     for tenant in tenants {
         let st = &tenant.stats;
@@ -246,7 +224,7 @@ fn stats(shared: &Shared, tenants: &[Arc<Tenant>], totals: bool, averages: bool)
         .as_secs()
         .max(1);
     let per = |value: u64, of: u64| value.checked_div(of).unwrap_or(0);
-    let mut table = Table::new(columns);
+    let mut table = Table::new(&columns);
     for (
         database,
         [assignments, xacts, queries, received, sent, xact_us, query_us, wait_us, server_parses],
