@@ -78,7 +78,10 @@ pub async fn serve(
         .await
         .map_err(SessionError::ClientIo)?;
     loop {
-        let (tag, body) = read_message(stream, &mut buf, MAX_COMMAND_LEN).await?;
+        let (tag, body) = tokio::select! {
+            message = read_message(stream, &mut buf, MAX_COMMAND_LEN) => message?,
+            () = shared.drain.started() => return Err(SessionError::ShuttingDown),
+        };
         match tag {
             b'Q' => {
                 let sql = String::from_utf8_lossy(&body);

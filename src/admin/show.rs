@@ -191,12 +191,27 @@ fn stats(shared: &Shared, tenants: &[Arc<Tenant>], totals: bool, averages: bool)
         "avg_server_parse_count",
         "avg_bind_count",
     ];
+    // SHOW STATS_TOTALS and STATS_AVERAGES name the same values without a prefix, as
+    // PgBouncer does (and pgbouncer_exporter reads).
+    const UNPREFIXED: [&str; 11] = [
+        "server_assignment_count",
+        "xact_count",
+        "query_count",
+        "bytes_received",
+        "bytes_sent",
+        "xact_time",
+        "query_time",
+        "wait_time",
+        "client_parse_count",
+        "server_parse_count",
+        "bind_count",
+    ];
     let mut columns = vec!["database"];
-    if totals {
+    if totals && averages {
         columns.extend(TOTALS);
-    }
-    if averages {
         columns.extend(AVERAGES);
+    } else {
+        columns.extend(UNPREFIXED);
     }
     let mut by_database: BTreeMap<&str, [u64; 9]> = BTreeMap::new();
     for tenant in tenants {
@@ -489,7 +504,7 @@ fn config(shared: &Shared) -> Table {
     let config = shared.config.load();
     let d = &config.defaults;
     let secs = |d: Duration| format!("{}ms", d.as_millis());
-    let mut table = Table::new(&["key", "value"]);
+    let mut table = Table::new(&["key", "value", "default", "changeable"]);
     for (key, value) in [
         ("config_file", shared.config_path.display().to_string()),
         ("listen", config.listen.clone()),
@@ -530,7 +545,8 @@ fn config(shared: &Shared) -> Table {
         ("defaults.server_idle_timeout", secs(d.server_idle_timeout)),
         ("defaults.server_lifetime", secs(d.server_lifetime)),
     ] {
-        table.row(vec![key.to_owned(), value]);
+        // Settings change by editing the file and RELOAD, not with SET.
+        table.row(vec![key.to_owned(), value, String::new(), "no".to_owned()]);
     }
     table
 }

@@ -75,7 +75,11 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, id: u64, shared: &Sh
             Ok(Started::Admin(buf)) => {
                 tracing::Span::current().record("tenant", "admin console");
                 info!("admin logged in");
-                crate::admin::serve(&mut stream, buf, shared).await
+                let result = crate::admin::serve(&mut stream, buf, shared).await;
+                if let Err(e) = &result {
+                    report_error(&mut stream, e).await;
+                }
+                result
             }
             Ok(Started::Cancel(key)) => {
                 shared.clients.cancel(key).await;
