@@ -8,9 +8,18 @@ mod harness;
 mod raw;
 mod smoke;
 
+mod admin_console;
 mod basics;
+mod cancel;
 mod config_check;
+mod copy_and_more;
 mod errors;
 mod hygiene;
 mod isolation;
+mod libpq_pattern;
+mod observability;
 mod pgbench;
+mod pipeline;
+mod prepared;
+mod session_params;
+mod timeouts;

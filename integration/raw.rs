@@ -1,10 +1,11 @@
-//! A raw PostgreSQL wire client for the bad-input tests: it writes exactly the bytes a test
-//! gives it and reads the server's typed messages back, so a test can send what no real
-//! client would (garbage, absurd lengths, truncated messages) and check the answer.
+//! A raw PostgreSQL wire client for tests that need exact bytes: bad input (garbage,
+//! absurd lengths, truncated messages) and exact protocol sequences (extended-protocol
+//! batches, pipelining, CopyFail, FunctionCall, CancelRequest). It writes exactly the
+//! bytes a test gives it and reads the server's typed messages back.
 //!
 //! Only what those tests need: a startup packet, an md5 login (the one password scheme
-//! small enough to do by hand), typed messages, and ErrorResponse fields.
-//! See <https://www.postgresql.org/docs/current/protocol-message-formats.html>.
+//! small enough to do by hand), frontend message builders, DataRow and ErrorResponse
+//! fields. See <https://www.postgresql.org/docs/current/protocol-message-formats.html>.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -45,8 +46,22 @@ impl RawConn {
 
     /// Connects and logs in to an md5 tenant; returns once ReadyForQuery arrived.
     pub async fn login_md5(addr: SocketAddr, user: &str, password: &str, db: &str) -> RawConn {
+        RawConn::login_md5_with(addr, user, password, db, &[])
+            .await
+            .0
+    }
+
+    /// [`RawConn::login_md5`] with `extra` startup parameters (`application_name`,
+    /// `options`…); also returns what the greeting carried.
+    pub async fn login_md5_with(
+        addr: SocketAddr,
+        user: &str,
+        password: &str,
+        db: &str,
+        extra: &[(&str, &str)],
+    ) -> (RawConn, Greeting) {
         let mut conn = RawConn::connect(addr).await;
-        conn.send(&startup_packet(user, db)).await;
+        conn.send(&startup_packet_with(user, db, extra)).await;
         let (tag, body) = conn.expect_message().await;
         assert_eq!(
             (tag, body.get(..4)),
@@ -58,10 +73,22 @@ impl RawConn {
         let mut response = md5_response(user, password, salt).into_bytes();
         response.push(0);
         conn.send(&message(b'p', &response)).await;
+        let mut greeting = Greeting::default();
         loop {
             match conn.expect_message().await {
-                (b'Z', _) => return conn,
+                (b'Z', _) => return (conn, greeting),
                 (b'E', body) => panic!("md5 login failed: {:?}", error_fields(&body)),
+                (b'S', body) => {
+                    let mut parts = body.split(|&b| b == 0).map(String::from_utf8_lossy);
+                    let name = parts.next().unwrap_or_default().into_owned();
+                    let value = parts.next().unwrap_or_default().into_owned();
+                    greeting.parameters.push((name, value));
+                }
+                (b'K', body) => {
+                    let int =
+                        |at: usize| i32::from_be_bytes(body[at..at + 4].try_into().expect("4"));
+                    greeting.key = Some((int(0), int(4)));
+                }
                 _ => {}
             }
         }
@@ -140,6 +167,88 @@ impl RawConn {
         }
     }
 
+    /// Like [`RawConn::next_within`], but `None` when nothing arrived within `timeout`.
+    pub async fn try_next_within(&mut self, timeout: Duration) -> Option<Next> {
+        tokio::time::timeout(timeout, self.next()).await.ok()
+    }
+
+    /// Every message up to and including ReadyForQuery, errors included (within
+    /// [`READ_TIMEOUT`] each). Panics on EOF.
+    pub async fn messages_until_ready(&mut self) -> Vec<(u8, Vec<u8>)> {
+        let mut messages = Vec::new();
+        loop {
+            let (tag, body) = self.expect_message().await;
+            messages.push((tag, body));
+            if tag == b'Z' {
+                return messages;
+            }
+        }
+    }
+
+    /// Reads up to and including ReadyForQuery without keeping the messages, so a huge
+    /// result costs no memory here; `progress` is called with the bytes read so far about
+    /// every 10 MB. Panics on an ErrorResponse, EOF, or a read stalled for
+    /// [`READ_TIMEOUT`].
+    pub async fn drain_until_ready(&mut self, mut progress: impl FnMut(u64)) -> Drained {
+        const REPORT_EVERY: u64 = 10 * 1024 * 1024;
+        let mut drained = Drained::default();
+        let mut next_report = REPORT_EVERY;
+        let mut pos = 0;
+        let mut skip = 0;
+        let mut chunk = vec![0u8; 256 * 1024];
+        loop {
+            loop {
+                if skip > 0 {
+                    let n = skip.min(self.buf.len() - pos);
+                    pos += n;
+                    skip -= n;
+                    if skip > 0 {
+                        break;
+                    }
+                }
+                let rest = &self.buf[pos..];
+                if rest.len() < 5 {
+                    break;
+                }
+                let tag = rest[0];
+                let len = u32::from_be_bytes(rest[1..5].try_into().expect("4 bytes")) as usize;
+                assert!(len >= 4, "message with length field {len}");
+                match tag {
+                    b'E' | b'Z' => {
+                        if rest.len() < 1 + len {
+                            break;
+                        }
+                        if tag == b'E' {
+                            panic!("error: {:?}", error_fields(&rest[5..1 + len]));
+                        }
+                        drained.status = rest[5];
+                        self.buf.drain(..pos + 1 + len);
+                        return drained;
+                    }
+                    _ => {
+                        drained.rows += u64::from(tag == b'D');
+                        drained.bytes += 1 + len as u64;
+                        pos += 5;
+                        skip = len - 4;
+                    }
+                }
+            }
+            self.buf.drain(..pos);
+            pos = 0;
+            if drained.bytes >= next_report {
+                progress(drained.bytes);
+                next_report = drained.bytes + REPORT_EVERY;
+            }
+            let read = tokio::time::timeout(READ_TIMEOUT, self.stream.read(&mut chunk)).await;
+            match read {
+                Ok(Ok(0)) => panic!("connection closed in the middle of a result"),
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+                Ok(Err(e)) => panic!("reading from the peer: {e}"),
+                Err(_) => panic!("nothing from the peer within {READ_TIMEOUT:?}"),
+            }
+        }
+    }
+
     /// Asserts that the next thing is an ErrorResponse with `sqlstate`, then EOF; returns
     /// the error's message text.
     pub async fn expect_error_then_eof(&mut self, sqlstate: &str) -> String {
@@ -172,10 +281,46 @@ impl RawConn {
     }
 }
 
+/// What the server said between AuthenticationOk and the first ReadyForQuery.
+#[derive(Debug, Default)]
+pub struct Greeting {
+    /// ParameterStatus messages, in order: (name, value).
+    pub parameters: Vec<(String, String)>,
+    /// BackendKeyData: (pid, secret).
+    pub key: Option<(i32, i32)>,
+}
+
+impl Greeting {
+    /// The value of ParameterStatus `name`, if the greeting carried it.
+    pub fn parameter(&self, name: &str) -> Option<&str> {
+        self.parameters
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// What [`RawConn::drain_until_ready`] read.
+#[derive(Debug, Default)]
+pub struct Drained {
+    /// DataRow messages.
+    pub rows: u64,
+    /// Bytes of every message before ReadyForQuery.
+    pub bytes: u64,
+    /// The ReadyForQuery status byte.
+    pub status: u8,
+}
+
 /// A protocol 3.0 StartupMessage for `user` and `database`.
 pub fn startup_packet(user: &str, database: &str) -> Vec<u8> {
+    startup_packet_with(user, database, &[])
+}
+
+/// A StartupMessage with `extra` parameters after `user` and `database`.
+pub fn startup_packet_with(user: &str, database: &str, extra: &[(&str, &str)]) -> Vec<u8> {
     let mut body = 196_608u32.to_be_bytes().to_vec();
-    for (key, value) in [("user", user), ("database", database)] {
+    let params = [("user", user), ("database", database)];
+    for &(key, value) in params.iter().chain(extra) {
         for s in [key, value] {
             body.extend_from_slice(s.as_bytes());
             body.push(0);
@@ -214,6 +359,122 @@ pub fn parse_bind_execute(sql: &str) -> Vec<u8> {
     // Portal "", no row limit.
     out.extend(message(b'E', &[0, 0, 0, 0, 0]));
     out
+}
+
+fn cstr(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(s.as_bytes());
+    out.push(0);
+}
+
+/// Parse: statement `name` (`""` is the unnamed one) for `sql`, with parameter type OIDs
+/// (0 or none: the server infers them).
+pub fn parse(name: &str, sql: &str, param_types: &[u32]) -> Vec<u8> {
+    let mut body = Vec::new();
+    cstr(&mut body, name);
+    cstr(&mut body, sql);
+    body.extend_from_slice(&(param_types.len() as u16).to_be_bytes());
+    for oid in param_types {
+        body.extend_from_slice(&oid.to_be_bytes());
+    }
+    message(b'P', &body)
+}
+
+/// Bind: portal `portal` to statement `statement`, parameters in text format (`None` is
+/// NULL), results in text format.
+pub fn bind(portal: &str, statement: &str, params: &[Option<&str>]) -> Vec<u8> {
+    let mut body = Vec::new();
+    cstr(&mut body, portal);
+    cstr(&mut body, statement);
+    body.extend_from_slice(&0u16.to_be_bytes());
+    body.extend_from_slice(&(params.len() as u16).to_be_bytes());
+    for param in params {
+        match param {
+            Some(value) => {
+                body.extend_from_slice(&(value.len() as i32).to_be_bytes());
+                body.extend_from_slice(value.as_bytes());
+            }
+            None => body.extend_from_slice(&(-1i32).to_be_bytes()),
+        }
+    }
+    body.extend_from_slice(&0u16.to_be_bytes());
+    message(b'B', &body)
+}
+
+/// Execute: portal `portal`, all rows.
+pub fn execute(portal: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    cstr(&mut body, portal);
+    body.extend_from_slice(&0u32.to_be_bytes());
+    message(b'E', &body)
+}
+
+/// Describe of prepared statement `name`.
+pub fn describe_statement(name: &str) -> Vec<u8> {
+    let mut body = vec![b'S'];
+    cstr(&mut body, name);
+    message(b'D', &body)
+}
+
+/// Close of prepared statement `name`.
+pub fn close_statement(name: &str) -> Vec<u8> {
+    let mut body = vec![b'S'];
+    cstr(&mut body, name);
+    message(b'C', &body)
+}
+
+pub fn sync() -> Vec<u8> {
+    message(b'S', b"")
+}
+
+pub fn flush() -> Vec<u8> {
+    message(b'H', b"")
+}
+
+/// CopyFail with `reason`.
+pub fn copy_fail(reason: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    cstr(&mut body, reason);
+    message(b'f', &body)
+}
+
+/// FunctionCall of function `oid` with binary arguments and a binary result.
+pub fn function_call(oid: u32, args: &[&[u8]]) -> Vec<u8> {
+    let mut body = oid.to_be_bytes().to_vec();
+    body.extend_from_slice(&1u16.to_be_bytes());
+    body.extend_from_slice(&1u16.to_be_bytes());
+    body.extend_from_slice(&(args.len() as u16).to_be_bytes());
+    for arg in args {
+        body.extend_from_slice(&(arg.len() as i32).to_be_bytes());
+        body.extend_from_slice(arg);
+    }
+    body.extend_from_slice(&1u16.to_be_bytes());
+    message(b'F', &body)
+}
+
+/// A CancelRequest packet for BackendKeyData (`pid`, `secret`).
+pub fn cancel_request(pid: i32, secret: i32) -> Vec<u8> {
+    let mut packet = 16u32.to_be_bytes().to_vec();
+    packet.extend_from_slice(&80_877_102u32.to_be_bytes());
+    packet.extend_from_slice(&pid.to_be_bytes());
+    packet.extend_from_slice(&secret.to_be_bytes());
+    packet
+}
+
+/// The columns of a DataRow body as text (`None` for NULL).
+pub fn data_row(body: &[u8]) -> Vec<Option<String>> {
+    let count = u16::from_be_bytes(body[..2].try_into().expect("2 bytes"));
+    let mut rest = &body[2..];
+    (0..count)
+        .map(|_| {
+            let len = i32::from_be_bytes(rest[..4].try_into().expect("4 bytes"));
+            rest = &rest[4..];
+            (len >= 0).then(|| {
+                let (value, tail) = rest.split_at(len as usize);
+                rest = tail;
+                String::from_utf8_lossy(value).into_owned()
+            })
+        })
+        .collect()
 }
 
 /// `"md5" + hex(md5(hex(md5(password + user)) + salt))`, what libpq answers to
@@ -265,7 +526,7 @@ pub fn field(fields: &[(u8, String)], code: u8) -> &str {
 }
 
 /// A message for assertion output: its type and, for errors, its fields.
-fn describe(tag: u8, body: &[u8]) -> String {
+pub fn describe(tag: u8, body: &[u8]) -> String {
     match tag {
         b'E' | b'N' => format!("'{}' {:?}", tag as char, error_fields(body)),
         _ => format!("'{}' ({} bytes)", tag.escape_ascii(), body.len()),
