@@ -56,6 +56,19 @@ impl Parameters {
         self.values.remove(&name.to_ascii_lowercase());
     }
 
+    /// Forgets what is known of `name`, so the next sync sets it whatever it is.
+    pub fn forget(&mut self, name: &str) {
+        self.remove(name);
+    }
+
+    /// `name` goes back to its value in `startup`, or else in `defaults`, or is dropped.
+    pub fn restore(&mut self, name: &str, startup: &Parameters, defaults: &Parameters) {
+        match startup.get(name).or_else(|| defaults.get(name)) {
+            Some(value) => self.set(name, value),
+            None => self.remove(name),
+        }
+    }
+
     fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.values
             .values()

@@ -93,6 +93,10 @@ impl ClientStatements {
         self.unnamed_owner()
     }
 
+    pub fn has_unnamed(&self) -> bool {
+        self.unnamed_seq != 0
+    }
+
     pub fn forget_unnamed(&mut self) {
         self.unnamed_parse.clear();
         self.unnamed_seq = 0;
@@ -188,8 +192,8 @@ impl ServerStatements {
     fn confirm(&mut self, confirmation: Confirm) {
         self.clock += 1;
         match confirmation {
-            Confirm::Prepared(name) => {
-                self.prepared.insert(name, self.clock);
+            Confirm::Prepared { server_name, .. } => {
+                self.prepared.insert(server_name, self.clock);
             }
             Confirm::Unnamed(owner) => self.unnamed = Some(owner),
         }
@@ -198,7 +202,12 @@ impl ServerStatements {
 
 /// What a ParseComplete confirms.
 pub enum Confirm {
-    Prepared(Bytes),
+    /// `server_name` is prepared on the server. For the client's own Parse, `client` is
+    /// the client's name for it, which stays known only if the server accepts the Parse.
+    Prepared {
+        server_name: Bytes,
+        client: Option<Bytes>,
+    },
     Unnamed(UnnamedOwner),
 }
 
@@ -249,13 +258,24 @@ impl ResponseFilter {
         self.batches_sent += 1;
     }
 
-    /// ReadyForQuery arrived: the oldest open batch is complete.
-    pub fn batch_done(&mut self) {
+    /// ReadyForQuery arrived: the oldest open batch is complete. The client's own named
+    /// statements whose Parse was refused or skipped are forgotten again.
+    pub fn batch_done(&mut self, client: Option<&mut ClientStatements>) {
         let done = self.batches_done;
         self.batches_done += 1;
+        let mut client = client;
         while self.parses.front().is_some_and(|e| e.batch <= done) {
             let expected = self.parses.pop_front().expect("checked above");
             self.swallows -= usize::from(expected.swallow);
+            if let (
+                Confirm::Prepared {
+                    client: Some(name), ..
+                },
+                Some(client),
+            ) = (expected.what, client.as_deref_mut())
+            {
+                client.close(&name);
+            }
         }
         while self.closes.front().is_some_and(|e| e.batch <= done) {
             let expected = self.closes.pop_front().expect("checked above");
@@ -302,15 +322,20 @@ pub struct Plan {
 
 impl Plan {
     /// Prepares `statement` on `server`, evicting the least recently used if full.
+    /// `client_name` is set when this is the client's own Parse (not swallowed).
     pub fn prepare(
         server: &mut ServerStatements,
         capacity: usize,
         statement: Arc<Statement>,
-        swallow: bool,
+        client_name: Option<Bytes>,
     ) -> Plan {
         server.forget(&statement.server_name);
         let evicted = server.evict_for_one_more(capacity);
-        let confirm = Confirm::Prepared(statement.server_name.clone());
+        let swallow = client_name.is_none();
+        let confirm = Confirm::Prepared {
+            server_name: statement.server_name.clone(),
+            client: client_name,
+        };
         Plan {
             close: [evicted, Some(statement.server_name.clone())],
             parse: Some((statement.parse.clone(), confirm, swallow)),
@@ -328,6 +353,15 @@ impl Plan {
         name: &[u8],
     ) -> Plan {
         if name.is_empty() {
+            if !client.has_unnamed() {
+                // The server may hold another client's unnamed statement: drop it, so the
+                // Bind fails as PostgreSQL's would (26000) instead of running it.
+                server.set_unnamed(None);
+                return Plan {
+                    close: [Some(Bytes::new()), None],
+                    ..Plan::default()
+                };
+            }
             let Some((parse, owner)) = client.unnamed_to_replay(server) else {
                 return Plan::default();
             };
@@ -344,7 +378,7 @@ impl Plan {
         let mut plan = if server.touch(&server_name) {
             Plan::default()
         } else {
-            Plan::prepare(server, capacity, statement.clone(), true)
+            Plan::prepare(server, capacity, statement.clone(), None)
         };
         plan.rename = Some(server_name);
         plan
@@ -382,29 +416,54 @@ mod tests {
         let mut filter = ResponseFilter::default();
         let statement = Statement::new(b"SELECT 1\0\0\0");
         filter.close_sent(true);
-        filter.parse_sent(true, Confirm::Prepared(statement.server_name.clone()));
+        filter.parse_sent(
+            true,
+            Confirm::Prepared {
+                server_name: statement.server_name.clone(),
+                client: None,
+            },
+        );
         filter.batch_sent();
         assert!(!server.touch(&statement.server_name));
         assert!(filter.close_complete());
         assert!(filter.parse_complete(&mut server));
         assert!(server.touch(&statement.server_name));
-        filter.batch_done();
+        filter.batch_done(None);
 
-        // A batch whose Parse was skipped after an error: its ParseComplete never comes.
-        filter.parse_sent(false, Confirm::Prepared(Bytes::from_static(b"sluice_y")));
+        // A client's Parse skipped after an error: no ParseComplete, and the client's
+        // statement is forgotten again.
+        let mut client = ClientStatements::new(1);
+        let refused = client.prepare(b"s1", b"SELECT 2\0\0\0");
+        filter.parse_sent(
+            false,
+            Confirm::Prepared {
+                server_name: refused.server_name.clone(),
+                client: Some(Bytes::from_static(b"s1")),
+            },
+        );
         filter.batch_sent();
-        filter.batch_done();
-        filter.parse_sent(false, Confirm::Prepared(Bytes::from_static(b"sluice_z")));
+        filter.batch_done(Some(&mut client));
+        assert!(client.get(b"s1").is_none());
+        filter.parse_sent(
+            false,
+            Confirm::Prepared {
+                server_name: Bytes::from_static(b"sluice_z"),
+                client: None,
+            },
+        );
         filter.batch_sent();
         assert!(!filter.parse_complete(&mut server));
-        assert!(!server.touch(&Bytes::from_static(b"sluice_y")));
+        assert!(!server.touch(&refused.server_name));
     }
 
     #[test]
     fn eviction_picks_the_least_recently_used() {
         let mut server = ServerStatements::new();
         for name in ["a", "b", "c"] {
-            server.confirm(Confirm::Prepared(Bytes::from(name)));
+            server.confirm(Confirm::Prepared {
+                server_name: Bytes::from(name),
+                client: None,
+            });
         }
         assert!(server.touch(&Bytes::from("a")));
         assert_eq!(server.evict_for_one_more(3), Some(Bytes::from("b")));

@@ -126,6 +126,11 @@ pub struct Relay<'a> {
     timeouts: Timeouts,
     /// The session parameters the client asked for, kept up to date with its own SETs.
     desired: Parameters,
+    /// What it asked for at login: where its RESETs go back to.
+    startup: Parameters,
+    /// Settings the client reset in the requests in flight: the server's reports of
+    /// them show the connection's defaults, not the client's.
+    resetting: Resetting,
     /// When the current server connection was leased.
     lease_started: Option<Instant>,
     /// When each request still owed a ReadyForQuery was sent.
@@ -134,6 +139,21 @@ pub struct Relay<'a> {
     cancel: &'a Arc<CancelTarget>,
     pause: &'a Pause,
     drain: &'a Drain,
+}
+
+/// Settings a client is resetting.
+enum Resetting {
+    All,
+    Names(Vec<String>),
+}
+
+impl Resetting {
+    fn covers(&self, name: &str) -> bool {
+        match self {
+            Resetting::All => true,
+            Resetting::Names(names) => names.iter().any(|n| n.eq_ignore_ascii_case(name)),
+        }
+    }
 }
 
 /// Who the relay works for.
@@ -204,7 +224,9 @@ impl<'a> Relay<'a> {
             statements: tracks_statements.then(|| ClientStatements::new(client_id)),
             filter: ResponseFilter::default(),
             timeouts: Timeouts::new(settings),
+            startup: desired.clone(),
             desired,
+            resetting: Resetting::Names(Vec::new()),
             lease_started,
             requests_started: VecDeque::new(),
             tenant,
@@ -570,9 +592,8 @@ impl<'a> Relay<'a> {
             };
             let whole = header.message_len();
             let tracked = self.statements.is_some();
-            let needs_whole = tracked
-                && (matches!(header.tag, b'P' | b'B' | b'D' | b'C')
-                    || (header.tag == b'Q' && header.body_len <= MAX_INSPECTED_QUERY));
+            let needs_whole = (tracked && matches!(header.tag, b'P' | b'B' | b'D' | b'C'))
+                || (header.tag == b'Q' && header.body_len <= MAX_INSPECTED_QUERY);
             if needs_whole && out.untranslated().len() < whole {
                 out.need_whole = whole;
                 return Ok(());
@@ -594,14 +615,14 @@ impl<'a> Relay<'a> {
                     if header.tag == b'S' {
                         self.exchange.unsynced = false;
                     }
-                    if header.tag == b'Q' && tracked {
+                    if header.tag == b'Q' {
                         self.simple_query(&header);
                     }
                 }
                 b'P' | b'B' | b'E' | b'D' | b'C' | b'H' => self.exchange.unsynced = true,
                 _ => {}
             }
-            if needs_whole && header.tag != b'Q' {
+            if needs_whole && header.tag != b'Q' && tracked {
                 if self.statement_message(header.tag, whole)? {
                     continue;
                 }
@@ -618,24 +639,45 @@ impl<'a> Relay<'a> {
     /// A short simple query: `DISCARD ALL` and `DEALLOCATE ALL` drop every prepared
     /// statement, and any simple query drops the unnamed one.
     fn simple_query(&mut self, header: &Header) {
-        let server = &mut self.server.as_mut().expect("attached").statements;
-        server.set_unnamed(None);
+        let server: &mut ServerConn = self.server.as_mut().expect("attached");
+        server.statements.set_unnamed(None);
+        if let Some(client) = &mut self.statements {
+            client.forget_unnamed();
+        }
         if header.body_len > MAX_INSPECTED_QUERY {
             return;
         }
         let body = &self.to_server.untranslated()[HEADER_LEN..header.message_len()];
-        let sql = String::from_utf8_lossy(body);
-        let command = sql
-            .trim_end_matches('\0')
-            .trim()
-            .trim_end_matches(';')
-            .trim()
-            .to_ascii_uppercase();
-        let words: Vec<&str> = command.split_whitespace().collect();
-        if words == ["DISCARD", "ALL"] || words == ["DEALLOCATE", "ALL"] {
-            server.clear();
-            if let Some(client) = &mut self.statements {
-                client.clear();
+        let sql = String::from_utf8_lossy(body).to_ascii_lowercase();
+        for statement in sql.trim_end_matches('\0').split(';') {
+            let words: Vec<&str> = statement.split_whitespace().collect();
+            match words[..] {
+                ["discard", "all"] | ["deallocate", "all"] => {
+                    server.statements.clear();
+                    if let Some(client) = &mut self.statements {
+                        client.clear();
+                    }
+                }
+                _ => {}
+            }
+            // PostgreSQL resets settings to the session's startup values; the server
+            // connection has other ones, so sluice restores the client's (re-applied
+            // at its next lease) and keeps the server's reports from overriding them.
+            match words[..] {
+                ["discard", "all"] | ["reset", "all"] => {
+                    server.params.reset_to_login();
+                    self.desired = self.startup.clone();
+                    self.resetting = Resetting::All;
+                }
+                ["reset", name] => {
+                    server.params.current.forget(name);
+                    self.desired
+                        .restore(name, &self.startup, &server.params.login);
+                    if let Resetting::Names(names) = &mut self.resetting {
+                        names.push(name.to_owned());
+                    }
+                }
+                _ => {}
             }
         }
     }
@@ -649,6 +691,7 @@ impl<'a> Relay<'a> {
         let capacity = self.tenant.settings.max_prepared_statements as usize;
         let message = &self.to_server.untranslated()[..whole];
         let body = &message[HEADER_LEN..];
+        let mut name_in_use = false;
         let plan = match tag {
             b'P' => {
                 let parse = extended::parse_parse(body)?;
@@ -658,9 +701,18 @@ impl<'a> Relay<'a> {
                     self.filter.parse_sent(false, Confirm::Unnamed(owner));
                     return Ok(false);
                 }
-                // The client's own Parse: its ParseComplete is the client's to see.
-                let statement = client.prepare(parse.statement, parse.rest);
-                Plan::prepare(server, capacity, statement, false)
+                if client.get(parse.statement).is_some() {
+                    // PostgreSQL refuses a name in use (42P05) and keeps the statement:
+                    // make sure the server has it, then ask it to prepare it again.
+                    name_in_use = true;
+                    Plan::for_use(server, client, capacity, parse.statement)
+                } else {
+                    // The client's own Parse: its ParseComplete is the client's to see,
+                    // and the name stays known only if the server accepts it.
+                    let name = Bytes::copy_from_slice(parse.statement);
+                    let statement = client.prepare(parse.statement, parse.rest);
+                    Plan::prepare(server, capacity, statement, Some(name))
+                }
             }
             b'B' => {
                 let bind = extended::parse_bind(body)?;
@@ -721,16 +773,26 @@ impl<'a> Relay<'a> {
             assembled.extend_from_slice(&parse);
             self.filter.parse_sent(swallow, confirm);
         }
-        // A named Parse was replaced by its server-side form above; a Bind, Describe or
-        // Close is replaced when it names a statement sluice renamed.
+        // A new named Parse was replaced by its server-side form above; a Bind, Describe,
+        // Close, or a Parse of a name in use, is replaced when it names a statement
+        // sluice renamed.
         let server_name = match (tag, plan.rename) {
-            (b'P', _) => Bytes::new(),
+            (b'P', _) if !name_in_use => Bytes::new(),
             (_, Some(server_name)) => server_name,
             (_, None) => return Ok(false),
         };
         let message = out.buf.split_to(whole);
         let body = &message[HEADER_LEN..];
         match tag {
+            b'P' if name_in_use => {
+                let parse = extended::parse_parse(body)?;
+                extended::encode_parse(&mut out.assembled, &server_name, parse.rest);
+                let confirm = Confirm::Prepared {
+                    server_name,
+                    client: None,
+                };
+                self.filter.parse_sent(false, confirm);
+            }
             b'P' => {}
             b'B' => {
                 let bind = extended::parse_bind(body)?;
@@ -794,7 +856,10 @@ impl<'a> Relay<'a> {
                     self.exchange.status = rest[HEADER_LEN];
                     self.exchange.pending_ready = self.exchange.pending_ready.saturating_sub(1);
                     self.exchange.copy_in = false;
-                    self.filter.batch_done();
+                    self.filter.batch_done(self.statements.as_mut());
+                    if self.exchange.pending_ready == 0 {
+                        self.resetting = Resetting::Names(Vec::new());
+                    }
                     self.timeouts.ready_received(self.exchange.pending_ready);
                     if let Some(sent) = self.requests_started.pop_front() {
                         let took = sent.elapsed();
@@ -816,7 +881,9 @@ impl<'a> Relay<'a> {
                         SessionError::ServerLost(format!("malformed server message: {e}"))
                     })?;
                     server.params.current.set(name, value);
-                    self.desired.set(name, value);
+                    if !self.resetting.covers(name) {
+                        self.desired.set(name, value);
+                    }
                 }
                 b'1' | b'3' => {
                     // Answers must be matched in order, so one to swallow waits until
