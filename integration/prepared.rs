@@ -44,9 +44,9 @@ async fn pgbench_ok(sluice: &Sluice, tenant: &TenantDb, args: &'static [&'static
 async fn pgbench_prepared_mode_on_a_small_pool() {
     let (tenant, mut sluice) = md5_tenant("prep_pgbench", |t| t.pool_size(3));
     pgbench_init(&sluice, &tenant.user, &tenant.password, &tenant.database, 1);
-    // Select-only: 20 clients, 2 threads, onto 3 server connections.
+    // Select-only: 50 clients, 2 threads, onto 3 server connections.
     let select_only = &[
-        "-n", "-M", "prepared", "-S", "-c", "20", "-j", "2", "-T", "2",
+        "-n", "-M", "prepared", "-S", "-c", "50", "-j", "2", "-T", "2",
     ];
     pgbench_ok(&sluice, &tenant, select_only).await;
     // TPC-B: pgbench prepares synchronously, blocking its thread; with one client per
