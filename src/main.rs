@@ -19,6 +19,7 @@ mod shared;
 mod statements;
 mod stats;
 mod status_page;
+mod stream;
 mod tenant;
 mod wire;
 

@@ -9,6 +9,7 @@ mod show;
 
 use crate::session::SessionError;
 use crate::shared::Shared;
+use crate::stream::Stream;
 use crate::tenant::ClientAuth;
 use crate::wire::{flush, read_message};
 use bytes::BytesMut;
@@ -17,7 +18,6 @@ use sluice_protocol::backend;
 use sluice_protocol::startup::StartupMessage;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tracing::info;
 
 /// The database names that reach the console.
@@ -31,7 +31,7 @@ const PAUSE_POLL: Duration = Duration::from_millis(20);
 
 /// Authenticates an admin; `buf` holds what the client sent after its startup packet.
 pub async fn login(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut BytesMut,
     startup: &StartupMessage,
     shared: &Shared,
@@ -49,7 +49,7 @@ pub async fn login(
 
 /// Runs the console for a logged-in admin until it leaves.
 pub async fn serve(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     mut buf: BytesMut,
     shared: &Shared,
 ) -> Result<(), SessionError> {

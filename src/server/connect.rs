@@ -7,6 +7,7 @@ use crate::cluster::BudgetPermit;
 use crate::params::{Parameters, ServerParameters};
 use crate::statements::ServerStatements;
 use crate::stats::ServerRegistry;
+use crate::stream::Stream;
 use crate::wire::{flush, read_message, ReadError};
 use bytes::BytesMut;
 use sluice_protocol::backend::{self, AuthRequest};
@@ -93,14 +94,15 @@ async fn login(
     budget: BudgetPermit,
     registry: &Arc<ServerRegistry>,
 ) -> Result<ServerConn, ConnectError> {
-    let mut stream = TcpStream::connect((target.host.as_str(), target.port))
+    let tcp = TcpStream::connect((target.host.as_str(), target.port))
         .await
         .map_err(|source| ConnectError::Io {
             target: format!("{target:?}"),
             source,
         })?;
-    stream.set_nodelay(true)?;
-    let addr = stream.peer_addr()?;
+    tcp.set_nodelay(true)?;
+    let addr = tcp.peer_addr()?;
+    let mut stream = Stream::Plain(tcp);
 
     let mut out = BytesMut::with_capacity(256);
     encode_startup(
@@ -149,7 +151,7 @@ async fn login(
 }
 
 async fn authenticate(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut BytesMut,
     out: &mut BytesMut,
     target: &ServerTarget,

@@ -14,10 +14,10 @@ use crate::cluster::BudgetPermit;
 use crate::params::ServerParameters;
 use crate::statements::ServerStatements;
 use crate::stats::ServerEntry;
+use crate::stream::Stream;
 use bytes::BytesMut;
 use sluice_protocol::startup::CancelKey;
 use std::net::SocketAddr;
-use tokio::net::TcpStream;
 
 /// Initial capacity of a server connection's read buffer; results stream through it.
 pub const SERVER_READ_CHUNK: usize = 16 * 1024;
@@ -26,7 +26,7 @@ pub const SERVER_READ_CHUNK: usize = 16 * 1024;
 pub struct ServerConn {
     /// This connection in its tenant's registry (for `SHOW SERVERS`).
     pub entry: ServerEntry,
-    pub stream: TcpStream,
+    pub stream: Stream,
     /// Bytes read from the server and not yet forwarded (at most a partial header
     /// between uses).
     pub read_buf: BytesMut,
@@ -44,13 +44,6 @@ impl ServerConn {
     /// True when the connection is idle and still open: no buffered bytes and nothing
     /// waiting on the socket. Costs no syscall when the socket has no readiness event.
     pub fn is_reusable(&self) -> bool {
-        if !self.read_buf.is_empty() {
-            return false;
-        }
-        let mut probe = [0u8; 1];
-        matches!(
-            self.stream.try_read(&mut probe),
-            Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock
-        )
+        self.read_buf.is_empty() && self.stream.is_idle_and_open()
     }
 }

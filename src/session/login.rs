@@ -5,6 +5,7 @@
 //! See <https://www.postgresql.org/docs/current/protocol-flow.html#PROTOCOL-FLOW-START-UP>.
 
 use super::SessionError;
+use crate::stream::Stream;
 use crate::tenant::{ClientAuth, ClientSlot, Tenant, Tenants, Unknown};
 use crate::wire::{flush, read_message};
 use bytes::{Buf, BytesMut};
@@ -17,7 +18,6 @@ use sluice_protocol::startup::{parse_initial_packet, CancelKey, InitialPacket, S
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// What the first packets of a connection asked for.
 pub enum Opening {
@@ -28,7 +28,7 @@ pub enum Opening {
 /// Reads the initial packet(s), answering SSL and GSS encryption requests with 'N'.
 /// Bytes after the packet stay in `buf`.
 pub async fn read_opening(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut BytesMut,
 ) -> Result<Opening, SessionError> {
     loop {
@@ -65,7 +65,7 @@ pub struct LoggedIn {
 /// Routes the startup packet to a tenant and authenticates the client. On success the
 /// client has received everything up to (not including) AuthenticationOk.
 pub async fn authenticate(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut BytesMut,
     startup: &StartupMessage,
     tenants: &Tenants,
@@ -110,7 +110,7 @@ pub fn negotiate_version(startup: &StartupMessage, out: &mut BytesMut) {
 /// Makes the client prove it knows `auth`'s secret (after whatever is already in
 /// `out`); fails with 28P01 when it does not.
 pub async fn prove(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut BytesMut,
     out: &mut BytesMut,
     auth: &ClientAuth,
@@ -127,7 +127,7 @@ pub async fn prove(
 }
 
 async fn password_message(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut BytesMut,
 ) -> Result<BytesMut, SessionError> {
     let (tag, body) = read_message(stream, buf, MAX_LOGIN_MESSAGE_LEN).await?;
@@ -142,7 +142,7 @@ async fn password_message(
 
 /// Runs a SCRAM-SHA-256 exchange; `Ok(false)` means the proof did not match.
 async fn scram(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut BytesMut,
     out: &mut BytesMut,
     secret: sluice_protocol::scram::ScramSecret,
@@ -177,7 +177,7 @@ fn scram_violation(e: ScramError) -> SessionError {
 
 /// Runs an md5 challenge; `Ok(false)` means the response did not match.
 async fn md5(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut BytesMut,
     out: &mut BytesMut,
     hash: &str,

@@ -17,6 +17,7 @@ use crate::params::{self, Parameters};
 use crate::pool::{self, PooledServer};
 use crate::shared::Shared;
 use crate::stats::ClientInfo;
+use crate::stream::Stream;
 use crate::tenant::{ClientSlot, Tenant};
 use bytes::BytesMut;
 use login::{LoggedIn, Opening};
@@ -35,10 +36,11 @@ const ERROR_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Serves one client connection to the end. Never panics on client input; logs why the
 /// session ended.
-pub async fn serve(mut stream: TcpStream, peer: SocketAddr, id: u64, shared: &Shared) {
+pub async fn serve(tcp: TcpStream, peer: SocketAddr, id: u64, shared: &Shared) {
     let span = tracing::info_span!("session", id, %peer, tenant = tracing::field::Empty);
     async {
-        let _ = stream.set_nodelay(true);
+        let _ = tcp.set_nodelay(true);
+        let mut stream = Stream::Plain(tcp);
         let started = start(&mut stream, peer, id, shared).await;
         if let Some(outcome) = login_outcome(&started) {
             metrics::counter!("sluice_client_logins_total", "result" => outcome).increment(1);
@@ -58,7 +60,7 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, id: u64, shared: &Sh
                 let relay = Relay::new(
                     &mut stream,
                     buf,
-                    relay::Context {
+                    relay::ClientContext {
                         tenant: &tenant,
                         cancel: &cancel.target,
                         pause: &shared.pause,
@@ -150,7 +152,7 @@ struct Ready {
 
 /// Login and greeting, bounded by `client_login_timeout`.
 async fn start(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     peer: SocketAddr,
     id: u64,
     shared: &Shared,
@@ -229,7 +231,7 @@ async fn start(
 }
 
 /// Sends a FATAL ErrorResponse for `error`, if it has one, without waiting long.
-async fn report_error(stream: &mut TcpStream, error: &SessionError) {
+async fn report_error(stream: &mut Stream, error: &SessionError) {
     let Some((code, message)) = error.client_error() else {
         return;
     };

@@ -27,6 +27,7 @@ use crate::server::{self, InFlight, ServerConn};
 use crate::shared::{Drain, Pause};
 use crate::statements::{self, ClientStatements, Confirm, Plan, ResponseFilter};
 use crate::stats::{add_micros, ClientState};
+use crate::stream::Stream;
 use crate::tenant::Tenant;
 use crate::wire::{read_message, ReadError};
 use bytes::{Buf, Bytes, BytesMut};
@@ -36,12 +37,13 @@ use sluice_protocol::extended::{self, encode_bind, encode_target};
 use sluice_protocol::frame::{backend_header, frontend_header, Header, HEADER_LEN};
 use sluice_protocol::frontend::encode_query;
 use std::collections::VecDeque;
-use std::io::ErrorKind::WouldBlock;
+use std::future::Future;
+use std::pin::{pin, Pin};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, warn};
 
 /// Client read size. Between reads the buffer holds at most a partial message.
@@ -115,7 +117,7 @@ struct ToClient {
 }
 
 pub struct Relay<'a> {
-    client: &'a mut TcpStream,
+    client: &'a mut Stream,
     to_server: ToServer,
     to_client: ToClient,
     terminated: bool,
@@ -135,10 +137,92 @@ pub struct Relay<'a> {
     lease_started: Option<Instant>,
     /// When each request still owed a ReadyForQuery was sent.
     requests_started: VecDeque<Instant>,
+    flush: Flush,
     tenant: &'a Tenant,
     cancel: &'a Arc<CancelTarget>,
     pause: &'a Pause,
     drain: &'a Drain,
+}
+
+/// What one poll of both connections achieved.
+enum Io {
+    ClientRead(std::io::Result<usize>),
+    ServerRead(std::io::Result<usize>),
+    ClientWrote(std::io::Result<usize>),
+    ServerWrote(std::io::Result<usize>),
+    /// TLS records buffered for the client were sent.
+    Flushed(std::io::Result<()>),
+    /// TLS records buffered for the server were sent.
+    ServerFlushed(std::io::Result<()>),
+}
+
+/// TLS streams buffer records; after a direction's output is written they still need a
+/// flush. Plain TCP never sets these.
+#[derive(Default)]
+struct Flush {
+    client: bool,
+    server: bool,
+}
+
+/// Both connections and the buffers between them, for one poll.
+struct Ends<'s> {
+    client: &'s mut Stream,
+    server: &'s mut ServerConn,
+    to_server: &'s mut ToServer,
+    to_client: &'s ToClient,
+    flush: &'s mut Flush,
+    read_client: bool,
+    read_server: bool,
+}
+
+impl Ends<'_> {
+    /// Tries writes first (they free buffers and let the peers go on), then reads;
+    /// ready with the first that made progress. Cancel-safe: nothing is lost when the
+    /// caller drops the poll between calls.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Io> {
+        let out = &mut *self.to_server;
+        if out.pending() > 0 {
+            let bytes = if out.assembled.is_empty() {
+                &out.buf[..out.direct]
+            } else {
+                &out.assembled[..]
+            };
+            if let Poll::Ready(r) = Pin::new(&mut self.server.stream).poll_write(cx, bytes) {
+                return Poll::Ready(Io::ServerWrote(r));
+            }
+        } else if self.flush.server {
+            if let Poll::Ready(r) = Pin::new(&mut self.server.stream).poll_flush(cx) {
+                self.flush.server = false;
+                return Poll::Ready(Io::ServerFlushed(r));
+            }
+        }
+        let forwardable = self.to_client.forwardable;
+        if forwardable > 0 {
+            let bytes = &self.server.read_buf[..forwardable];
+            if let Poll::Ready(r) = Pin::new(&mut *self.client).poll_write(cx, bytes) {
+                return Poll::Ready(Io::ClientWrote(r));
+            }
+        } else if self.flush.client {
+            if let Poll::Ready(r) = Pin::new(&mut *self.client).poll_flush(cx) {
+                self.flush.client = false;
+                return Poll::Ready(Io::Flushed(r));
+            }
+        }
+        if self.read_client {
+            let read = self.client.read_buf(&mut self.to_server.buf);
+            if let Poll::Ready(r) = pin!(read).poll(cx) {
+                return Poll::Ready(Io::ClientRead(r));
+            }
+        }
+        if self.read_server {
+            let server = &mut *self.server;
+            let read = server.stream.read_buf(&mut server.read_buf);
+            if let Poll::Ready(r) = pin!(read).poll(cx) {
+                return Poll::Ready(Io::ServerRead(r));
+            }
+        }
+        Poll::Pending
+    }
 }
 
 /// Settings a client is resetting.
@@ -157,7 +241,7 @@ impl Resetting {
 }
 
 /// Who the relay works for.
-pub struct Context<'a> {
+pub struct ClientContext<'a> {
     pub tenant: &'a Tenant,
     pub cancel: &'a Arc<CancelTarget>,
     pub pause: &'a Pause,
@@ -182,13 +266,13 @@ impl<'a> Relay<'a> {
     /// `client_buf` holds any bytes the client sent after its startup messages.
     /// `server` is the connection leased at login, if any (session mode).
     pub fn new(
-        client: &'a mut TcpStream,
+        client: &'a mut Stream,
         client_buf: BytesMut,
-        context: Context<'a>,
+        context: ClientContext<'a>,
         server: Option<PooledServer>,
         desired: Parameters,
     ) -> Self {
-        let Context {
+        let ClientContext {
             tenant,
             cancel,
             pause,
@@ -229,6 +313,7 @@ impl<'a> Relay<'a> {
             resetting: Resetting::Names(Vec::new()),
             lease_started,
             requests_started: VecDeque::new(),
+            flush: Flush::default(),
             tenant,
             cancel,
             pause,
@@ -330,14 +415,7 @@ impl<'a> Relay<'a> {
                 }
             }
             self.translate()?;
-            if self.to_server.pending() > 0 {
-                self.write_to_server()?;
-            }
             self.scan_server()?;
-            if self.to_client.forwardable > 0 {
-                self.write_to_client()?;
-                self.scan_server()?;
-            }
             if self.is_releasable() {
                 if self.terminated {
                     return Ok(());
@@ -358,27 +436,42 @@ impl<'a> Relay<'a> {
 
     /// No server connection: waits for the client (bounded by `client_idle_timeout`).
     async fn wait_idle(&mut self) -> Result<(), SessionError> {
+        if std::mem::take(&mut self.flush.client) {
+            self.client.flush().await.map_err(SessionError::ClientIo)?;
+        }
         let deadline = self.timeouts.idle_deadline(false);
-        tokio::select! {
-            r = self.client.readable() => r.map_err(SessionError::ClientIo)?,
+        let buf = &mut self.to_server.buf;
+        let wanted = self.to_server.need_whole.saturating_sub(buf.len());
+        reserve_for_read(buf, CLIENT_READ_CHUNK.max(wanted));
+        let read = tokio::select! {
+            read = self.client.read_buf(buf) => read.map_err(SessionError::ClientIo)?,
             () = Deadline::sleep(deadline) => return Err(self.timeouts.expired(false)),
             () = self.cancel.killed() => return Err(SessionError::Killed),
             () = self.drain.started() => return Err(SessionError::ShuttingDown),
-        }
-        if !self.read_client()? {
-            self.terminated = true;
-        }
+        };
+        self.client_read(read);
         Ok(())
     }
 
-    /// Waits for the next readiness event on either socket, or a timeout, and moves bytes.
+    /// Accounts for `n` bytes read from the client; 0 means it closed its side.
+    fn client_read(&mut self, n: usize) {
+        if n == 0 {
+            self.terminated = true;
+        } else {
+            self.tenant
+                .stats
+                .received_bytes
+                .fetch_add(n as u64, Relaxed);
+            self.timeouts.client_active();
+        }
+    }
+
+    /// Waits until bytes can move on either connection, or a timer fires, and moves
+    /// them: one read or write per call. Each direction reads only when what it read
+    /// before has been passed on, which bounds the buffers.
     async fn wait_and_transfer(&mut self) -> Result<(), SessionError> {
-        let server = &self.server.as_ref().expect("attached").stream;
-        let client = &*self.client;
         let read_client = self.to_server.pending() == 0 && !self.terminated;
         let read_server = self.to_client.forwardable == 0;
-        let write_server = self.to_server.pending() > 0;
-        let write_client = self.to_client.forwardable > 0;
         let in_transaction = self.exchange.status != b'I';
         let busy = self.exchange.pending_ready > 0;
         let releasable = self.is_releasable();
@@ -387,23 +480,29 @@ impl<'a> Relay<'a> {
         } else {
             self.timeouts.idle_deadline(in_transaction)
         };
-        tokio::select! {
-            r = client.readable(), if read_client => {
-                r.map_err(SessionError::ClientIo)?;
-                if !self.read_client()? {
-                    self.terminated = true;
-                }
-            }
-            r = server.readable(), if read_server => {
-                r.map_err(|e| SessionError::ServerLost(e.to_string()))?;
-                self.read_server()?;
-            }
-            r = server.writable(), if write_server => {
-                r.map_err(|e| SessionError::ServerLost(e.to_string()))?;
-            }
-            r = client.writable(), if write_client => {
-                r.map_err(SessionError::ClientIo)?;
-            }
+        let server: &mut ServerConn = self.server.as_mut().expect("attached");
+        if read_client {
+            let wanted = self
+                .to_server
+                .need_whole
+                .saturating_sub(self.to_server.buf.len());
+            reserve_for_read(&mut self.to_server.buf, CLIENT_READ_CHUNK.max(wanted));
+        }
+        if read_server {
+            reserve_for_read(&mut server.read_buf, server::SERVER_READ_CHUNK);
+        }
+        let mut ends = Ends {
+            client: &mut *self.client,
+            server,
+            to_server: &mut self.to_server,
+            to_client: &self.to_client,
+            flush: &mut self.flush,
+            read_client,
+            read_server,
+        };
+        let io = std::future::poll_fn(|cx| ends.poll(cx));
+        let event = tokio::select! {
+            event = io => event,
             () = self.cancel.killed() => return Err(SessionError::Killed),
             () = self.drain.started(), if releasable => return Err(SessionError::ShuttingDown),
             () = Deadline::sleep(deadline) => {
@@ -411,10 +510,42 @@ impl<'a> Relay<'a> {
                     self.timeouts.query_cancelled();
                     let cancel = self.cancel.clone();
                     tokio::spawn(async move { cancel.cancel_current().await });
-                } else {
-                    return Err(self.timeouts.expired(in_transaction));
+                    return Ok(());
                 }
+                return Err(self.timeouts.expired(in_transaction));
             }
+        };
+        let server_is_tls = self.server.as_ref().is_some_and(|s| s.stream.is_tls());
+        match event {
+            Io::ClientRead(Ok(n)) => self.client_read(n),
+            Io::ServerRead(Ok(0)) => return Err(self.server_lost("server closed the connection")),
+            Io::ServerRead(Ok(_)) | Io::Flushed(Ok(())) => {}
+            Io::ServerWrote(Ok(n)) => {
+                let out = &mut self.to_server;
+                if out.assembled.is_empty() {
+                    out.buf.advance(n);
+                    out.direct -= n;
+                } else {
+                    out.assembled.advance(n);
+                }
+                self.flush.server = self.to_server.pending() == 0 && server_is_tls;
+            }
+            Io::ClientWrote(Ok(n)) => {
+                let server = self.server.as_mut().expect("attached");
+                server.read_buf.advance(n);
+                self.to_client.forwardable -= n;
+                self.tenant.stats.sent_bytes.fetch_add(n as u64, Relaxed);
+                self.flush.client = self.to_client.forwardable == 0 && self.client.is_tls();
+            }
+            Io::ClientRead(Err(e)) | Io::ClientWrote(Err(e)) => {
+                return Err(SessionError::ClientIo(e))
+            }
+            Io::ServerRead(Err(e)) | Io::ServerWrote(Err(e)) => {
+                return Err(self.server_lost(&e.to_string()))
+            }
+            Io::Flushed(Err(e)) => return Err(SessionError::ClientIo(e)),
+            Io::ServerFlushed(Ok(())) => {}
+            Io::ServerFlushed(Err(e)) => return Err(self.server_lost(&e.to_string())),
         }
         Ok(())
     }
@@ -489,10 +620,10 @@ impl<'a> Relay<'a> {
                     return Err(SessionError::CancelledWhileWaiting);
                 }
                 () = cancel.killed() => return Err(SessionError::Killed),
-                r = self.client.readable(), if watch_client => {
-                    r.map_err(SessionError::ClientIo)?;
-                    if !self.read_client()? {
-                        return Err(SessionError::ClientGone);
+                read = self.client.read_buf(&mut self.to_server.buf), if watch_client => {
+                    match read.map_err(SessionError::ClientIo)? {
+                        0 => return Err(SessionError::ClientGone),
+                        n => self.client_read(n),
                     }
                 }
             }
@@ -548,26 +679,6 @@ impl<'a> Relay<'a> {
                 }
                 Err(SessionError::ParameterRejected { code, message })
             }
-        }
-    }
-
-    /// Reads what the client sent. False on EOF.
-    fn read_client(&mut self) -> Result<bool, SessionError> {
-        let buf = &mut self.to_server.buf;
-        let wanted = self.to_server.need_whole.saturating_sub(buf.len());
-        reserve_for_read(buf, CLIENT_READ_CHUNK.max(wanted));
-        match self.client.try_read_buf(buf) {
-            Ok(0) => Ok(false),
-            Ok(n) => {
-                self.tenant
-                    .stats
-                    .received_bytes
-                    .fetch_add(n as u64, Relaxed);
-                self.timeouts.client_active();
-                Ok(true)
-            }
-            Err(e) if e.kind() == WouldBlock => Ok(true),
-            Err(e) => Err(SessionError::ClientIo(e)),
         }
     }
 
@@ -807,19 +918,6 @@ impl<'a> Relay<'a> {
         Ok(true)
     }
 
-    /// Reads what the server sent.
-    fn read_server(&mut self) -> Result<(), SessionError> {
-        let server: &mut ServerConn = self.server.as_mut().expect("attached");
-        reserve_for_read(&mut server.read_buf, server::SERVER_READ_CHUNK);
-        let read = server.stream.try_read_buf(&mut server.read_buf);
-        match read {
-            Ok(0) => Err(self.server_lost("server closed the connection")),
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == WouldBlock => Ok(()),
-            Err(e) => Err(self.server_lost(&e.to_string())),
-        }
-    }
-
     /// Classifies the server's complete headers: counts ReadyForQuery, notes COPY IN, and
     /// drops the answers to messages sluice injected.
     fn scan_server(&mut self) -> Result<(), SessionError> {
@@ -905,44 +1003,6 @@ impl<'a> Relay<'a> {
             }
             to_client.forwardable += HEADER_LEN;
             to_client.body_left = header.body_len;
-        }
-    }
-
-    fn write_to_server(&mut self) -> Result<(), SessionError> {
-        let server = self.server.as_mut().expect("attached");
-        let out = &mut self.to_server;
-        let written = if out.assembled.is_empty() {
-            server.stream.try_write(&out.buf[..out.direct])
-        } else {
-            server.stream.try_write(&out.assembled)
-        };
-        match written {
-            Ok(n) => {
-                if out.assembled.is_empty() {
-                    out.buf.advance(n);
-                    out.direct -= n;
-                } else {
-                    out.assembled.advance(n);
-                }
-                Ok(())
-            }
-            Err(e) if e.kind() == WouldBlock => Ok(()),
-            Err(e) => Err(self.server_lost(&e.to_string())),
-        }
-    }
-
-    fn write_to_client(&mut self) -> Result<(), SessionError> {
-        let server = self.server.as_mut().expect("attached");
-        let ready = &server.read_buf[..self.to_client.forwardable];
-        match self.client.try_write(ready) {
-            Ok(n) => {
-                server.read_buf.advance(n);
-                self.to_client.forwardable -= n;
-                self.tenant.stats.sent_bytes.fetch_add(n as u64, Relaxed);
-                Ok(())
-            }
-            Err(e) if e.kind() == WouldBlock => Ok(()),
-            Err(e) => Err(SessionError::ClientIo(e)),
         }
     }
 
