@@ -21,6 +21,7 @@ mod stats;
 mod status_page;
 mod stream;
 mod tenant;
+mod tls;
 mod wire;
 
 use anyhow::Context;
@@ -118,7 +119,7 @@ async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", config.metrics_listen))?;
     let drain_timeout = config.shutdown_timeout;
-    let shared = Arc::new(Shared::new(config, config_path, metrics));
+    let shared = Arc::new(Shared::new(config, config_path, metrics)?);
     info!(
         listen = %listener.local_addr()?,
         metrics_listen = %metrics_listener.local_addr()?,

@@ -8,6 +8,7 @@ use crate::params::Parameters;
 use crate::pool::{self, ServerPool};
 use crate::server::ServerTarget;
 use crate::stats::{ServerRegistry, TenantStats};
+use crate::tls::TlsError;
 use sluice_protocol::md5::md5_password_hash;
 use sluice_protocol::scram::ScramSecret;
 use std::collections::{BTreeMap, HashMap};
@@ -63,6 +64,7 @@ impl Tenant {
                 .as_ref()
                 .map(|s| s.expose().to_owned()),
             connect_timeout: settings.server_connect_timeout,
+            tls: cluster.tls.clone(),
         };
         let stats = Arc::new(TenantStats::default());
         let servers = Arc::new(ServerRegistry::default());
@@ -161,18 +163,18 @@ impl Tenants {
     /// Builds the registry for `config`. Clusters and tenants of `previous` whose
     /// settings did not change are kept as they are, with their pools, connections and
     /// statistics; a changed budget is applied to the kept cluster.
-    pub fn build(config: &Config, previous: Option<&Tenants>) -> Self {
+    pub fn build(config: &Config, previous: Option<&Tenants>) -> Result<Self, TlsError> {
         let mut clusters = BTreeMap::new();
         for (name, settings) in &config.clusters {
             let kept = previous
                 .and_then(|p| p.clusters.get(name))
-                .filter(|c| c.host == settings.host && c.port == settings.port);
+                .filter(|c| c.is_same_endpoint(settings));
             let cluster = match kept {
                 Some(cluster) => {
                     cluster.resize(settings.max_server_connections);
                     cluster.clone()
                 }
-                None => Cluster::new(name, settings),
+                None => Cluster::new(name, settings)?,
             };
             clusters.insert(name.clone(), cluster);
         }
@@ -192,10 +194,10 @@ impl Tenants {
                 .or_default()
                 .insert(tenant.settings.user.clone(), tenant);
         }
-        Tenants {
+        Ok(Tenants {
             by_database,
             clusters,
-        }
+        })
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Tenant>> {

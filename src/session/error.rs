@@ -62,6 +62,8 @@ pub enum SessionError {
     IdleInTransactionTimeout(Duration),
     #[error("terminating connection due to idle timeout (client_idle_timeout is {0:?})")]
     ClientIdleTimeout(Duration),
+    #[error("TLS is required: connect with sslmode=require or stronger")]
+    TlsRequired,
     #[error("role \"{0}\" is not an admin of the sluice console")]
     NotAnAdmin(String),
     #[error("terminating connection due to administrator command")]
@@ -93,7 +95,9 @@ impl SessionError {
             SessionError::ClientGone | SessionError::ClientIo(_) => return None,
             SessionError::Protocol(_) => "08P01",
             SessionError::UnknownDatabase(_) => "3D000",
-            SessionError::UnknownUser { .. } | SessionError::NotAnAdmin(_) => "28000",
+            SessionError::UnknownUser { .. }
+            | SessionError::NotAnAdmin(_)
+            | SessionError::TlsRequired => "28000",
             SessionError::BadPassword(_) => "28P01",
             SessionError::TooManyClients { .. } | SessionError::WaitTimeout { .. } => "53300",
             SessionError::LoginTimeout(_) => "08006",
