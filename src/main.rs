@@ -27,6 +27,7 @@ mod wire;
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use config::Config;
+use listener::Shutdown;
 use shared::Shared;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -136,9 +137,18 @@ async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     let admin_shutdown = shared.clone();
     let shutdown = async move {
         tokio::select! {
-            _ = terminate.recv() => info!("SIGTERM received"),
-            _ = interrupt.recv() => info!("SIGINT received"),
-            () = admin_shutdown.shutdown.notified() => info!("SHUTDOWN requested on the admin console"),
+            _ = terminate.recv() => {
+                info!("SIGTERM received");
+                Shutdown::Graceful
+            }
+            _ = interrupt.recv() => {
+                info!("SIGINT received");
+                Shutdown::Fast
+            }
+            () = admin_shutdown.shutdown.notified() => {
+                info!("SHUTDOWN requested on the admin console");
+                Shutdown::Graceful
+            }
         }
     };
     listener::serve(listener, shared, shutdown, drain_timeout).await;

@@ -68,6 +68,12 @@ impl Shared {
             if !kept {
                 pool::close_idle(&tenant.pool);
             }
+            let removed = new
+                .lookup(&tenant.settings.database, &tenant.settings.user)
+                .is_err();
+            if removed {
+                tenant.retired.start();
+            }
         }
         info!(
             clusters = config.clusters.len(),

@@ -7,6 +7,7 @@ use crate::config::{AuthType, Config, PasswordKind, PoolMode, Secret, TenantSett
 use crate::params::Parameters;
 use crate::pool::{self, ServerPool};
 use crate::server::ServerTarget;
+use crate::shared::Drain;
 use crate::stats::{ServerRegistry, TenantStats};
 use crate::tls::TlsError;
 use sluice_protocol::md5::md5_password_hash;
@@ -38,6 +39,9 @@ pub struct Tenant {
     clients: AtomicU32,
     /// Set by the admin console's `PAUSE db`.
     pub paused: AtomicBool,
+    /// Started when a reload removes the tenant: its clients leave after their
+    /// transaction.
+    pub retired: Drain,
     /// The parameters this tenant's server reports at login: the defaults clients start from.
     parameters: OnceLock<Arc<Parameters>>,
 }
@@ -87,6 +91,7 @@ impl Tenant {
             servers,
             clients: AtomicU32::new(0),
             paused: AtomicBool::new(false),
+            retired: Drain::default(),
             parameters: OnceLock::new(),
         }
     }

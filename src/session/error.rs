@@ -70,6 +70,8 @@ pub enum SessionError {
     Killed,
     #[error("terminating connection: sluice is shutting down")]
     ShuttingDown,
+    #[error("terminating connection: the tenant was removed from the configuration")]
+    TenantRemoved,
     #[error("server refused the client's session parameters: {message} (SQLSTATE {code})")]
     ParameterRejected { code: String, message: String },
 }
@@ -102,7 +104,9 @@ impl SessionError {
             SessionError::TooManyClients { .. } | SessionError::WaitTimeout { .. } => "53300",
             SessionError::LoginTimeout(_) => "08006",
             SessionError::CancelledWhileWaiting => "57014",
-            SessionError::Killed | SessionError::ShuttingDown => "57P01",
+            SessionError::Killed | SessionError::ShuttingDown | SessionError::TenantRemoved => {
+                "57P01"
+            }
             SessionError::IdleInTransactionTimeout(_) => "25P03",
             SessionError::ClientIdleTimeout(_) => "57P05",
             SessionError::ServerUnavailable {
