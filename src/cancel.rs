@@ -1,8 +1,10 @@
-//! Cancel requests. Every client gets a BackendKeyData issued by sluice (never a
-//! server's key). A CancelRequest carrying a client's key is forwarded, with the server's
-//! own key, to the server connection that client holds at that moment, and does nothing
-//! else; a client still waiting for a server connection is taken out of the queue
-//! instead. An unknown or wrong key cancels nothing.
+//! The registry of logged-in clients, and cancel requests. Every client gets a
+//! BackendKeyData issued by sluice (never a server's key) and an entry here, which the
+//! admin console lists (`SHOW CLIENTS`) and can kill. A CancelRequest carrying a
+//! client's key is forwarded, with the server's own key, to the server connection that
+//! client holds at that moment, and does nothing else; a client still waiting for a
+//! server connection is taken out of the queue instead. An unknown or wrong key cancels
+//! nothing.
 //!
 //! A cancel must never hit a later query of another client: while a forwarded cancel is
 //! in flight, the server connection it targets is not returned to the pool; it is
