@@ -2,7 +2,8 @@
 //! all its tenants share, and the per-cluster metrics (histograms and counters through
 //! the `metrics` facade, with handles resolved once so the hot path only records).
 
-use crate::config;
+use crate::config::{self, ServerTlsMode};
+use crate::tls::{ServerTls, TlsError};
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -58,6 +59,10 @@ impl ClusterMetrics {
 
 pub struct Cluster {
     pub name: String,
+    /// How connections to this server are secured; `None` for plain TCP.
+    pub tls: Option<Arc<ServerTls>>,
+    /// The TLS settings `tls` was built from, to tell whether a reload changes them.
+    tls_settings: (ServerTlsMode, Option<std::path::PathBuf>),
     pub host: String,
     pub port: u16,
     pub max_server_connections: AtomicU32,
@@ -87,7 +92,8 @@ impl Drop for BudgetPermit {
 }
 
 impl Cluster {
-    pub fn new(name: &str, config: &config::Cluster) -> Arc<Self> {
+    pub fn new(name: &str, config: &config::Cluster) -> Result<Arc<Self>, TlsError> {
+        let tls = ServerTls::load(config)?;
         let label = ("cluster", name.to_owned());
         let metrics = ClusterMetrics {
             pool_wait: histogram!("sluice_pool_wait_seconds", std::slice::from_ref(&label)),
@@ -122,8 +128,10 @@ impl Cluster {
         )
         .set(f64::from(config.max_server_connections));
         metrics.up.set(1.0);
-        Arc::new(Cluster {
+        Ok(Arc::new(Cluster {
             name: name.to_owned(),
+            tls,
+            tls_settings: (config.tls, config.tls_ca_file.clone()),
             host: config.host.clone(),
             port: config.port,
             max_server_connections: AtomicU32::new(config.max_server_connections),
@@ -131,7 +139,14 @@ impl Cluster {
             metrics,
             reachable: AtomicBool::new(true),
             debt: AtomicUsize::new(0),
-        })
+        }))
+    }
+
+    /// True when `config` describes this same endpoint, reachable the same way.
+    pub fn is_same_endpoint(&self, config: &config::Cluster) -> bool {
+        self.host == config.host
+            && self.port == config.port
+            && self.tls_settings == (config.tls, config.tls_ca_file.clone())
     }
 
     /// Applies a new `max_server_connections`. Shrinking takes back only permits that are

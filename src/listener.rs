@@ -10,6 +10,15 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
+/// How to stop.
+#[derive(Debug, Clone, Copy)]
+pub enum Shutdown {
+    /// SIGTERM, admin SHUTDOWN: open transactions finish, up to shutdown_timeout.
+    Graceful,
+    /// SIGINT: every client is disconnected at once.
+    Fast,
+}
+
 /// How long killed sessions get to send their last ErrorResponse.
 const FINAL_GOODBYE: Duration = Duration::from_secs(1);
 
@@ -21,14 +30,14 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
-    shutdown: impl std::future::Future<Output = ()>,
+    shutdown: impl std::future::Future<Output = Shutdown>,
     drain_timeout: Duration,
 ) {
     // Each session holds a sender; when all are dropped, `recv` returns None.
     let (alive, mut all_done) = mpsc::channel::<()>(1);
     let next_id = AtomicU64::new(1);
     tokio::pin!(shutdown);
-    loop {
+    let kind = loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
@@ -45,13 +54,22 @@ pub async fn serve(
                     tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
                 }
             },
-            () = &mut shutdown => break,
+            kind = &mut shutdown => break kind,
         }
-    }
+    };
     shared.drain.start();
     drop(listener);
     drop(alive);
-    info!("stopped accepting clients; waiting for open transactions to finish");
+    let drain_timeout = match kind {
+        Shutdown::Graceful => {
+            info!("stopped accepting clients; waiting for open transactions to finish");
+            drain_timeout
+        }
+        Shutdown::Fast => {
+            info!("stopped accepting clients; disconnecting every client now");
+            Duration::ZERO
+        }
+    };
     if tokio::time::timeout(drain_timeout, all_done.recv())
         .await
         .is_err()

@@ -21,11 +21,13 @@ mod stats;
 mod status_page;
 mod stream;
 mod tenant;
+mod tls;
 mod wire;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use config::Config;
+use listener::Shutdown;
 use shared::Shared;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -118,7 +120,7 @@ async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", config.metrics_listen))?;
     let drain_timeout = config.shutdown_timeout;
-    let shared = Arc::new(Shared::new(config, config_path, metrics));
+    let shared = Arc::new(Shared::new(config, config_path, metrics)?);
     info!(
         listen = %listener.local_addr()?,
         metrics_listen = %metrics_listener.local_addr()?,
@@ -135,9 +137,18 @@ async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     let admin_shutdown = shared.clone();
     let shutdown = async move {
         tokio::select! {
-            _ = terminate.recv() => info!("SIGTERM received"),
-            _ = interrupt.recv() => info!("SIGINT received"),
-            () = admin_shutdown.shutdown.notified() => info!("SHUTDOWN requested on the admin console"),
+            _ = terminate.recv() => {
+                info!("SIGTERM received");
+                Shutdown::Graceful
+            }
+            _ = interrupt.recv() => {
+                info!("SIGINT received");
+                Shutdown::Fast
+            }
+            () = admin_shutdown.shutdown.notified() => {
+                info!("SHUTDOWN requested on the admin console");
+                Shutdown::Graceful
+            }
         }
     };
     listener::serve(listener, shared, shutdown, drain_timeout).await;

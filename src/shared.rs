@@ -6,6 +6,7 @@ use crate::cancel::CancelRegistry;
 use crate::config::Config;
 use crate::pool;
 use crate::tenant::{Tenant, Tenants};
+use crate::tls::{ClientTls, TlsError};
 use arc_swap::ArcSwap;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::path::PathBuf;
@@ -17,6 +18,8 @@ use tracing::info;
 
 pub struct Shared {
     pub config: ArcSwap<Config>,
+    /// TLS towards clients, rebuilt (certificate files re-read) on every reload.
+    pub client_tls: ArcSwap<ClientTls>,
     pub config_path: PathBuf,
     pub tenants: ArcSwap<Tenants>,
     pub clients: Arc<CancelRegistry>,
@@ -29,9 +32,15 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(config: Config, config_path: PathBuf, metrics: PrometheusHandle) -> Self {
-        let tenants = Tenants::build(&config, None);
-        Shared {
+    pub fn new(
+        config: Config,
+        config_path: PathBuf,
+        metrics: PrometheusHandle,
+    ) -> Result<Self, ReloadError> {
+        let tenants = Tenants::build(&config, None)?;
+        let client_tls = ClientTls::load(&config)?;
+        Ok(Shared {
+            client_tls: ArcSwap::from_pointee(client_tls),
             config: ArcSwap::from_pointee(config),
             config_path,
             tenants: ArcSwap::from_pointee(tenants),
@@ -41,22 +50,29 @@ impl Shared {
             shutdown: Notify::new(),
             metrics,
             started_at: SystemTime::now(),
-        }
+        })
     }
 
     /// Re-reads the configuration file. An invalid file changes nothing. Tenants and
     /// clusters whose settings are unchanged keep their pools; connected clients keep
     /// the tenant they logged in with; idle connections of removed tenants are closed.
-    pub fn reload(&self) -> Result<(), crate::config::ConfigError> {
+    pub fn reload(&self) -> Result<(), ReloadError> {
         let config = Config::load(&self.config_path)?;
         let old = self.tenants.load_full();
-        let new = Tenants::build(&config, Some(&old));
+        let new = Tenants::build(&config, Some(&old))?;
+        let client_tls = ClientTls::load(&config)?;
         for tenant in old.iter() {
             let kept = new
                 .lookup(&tenant.settings.database, &tenant.settings.user)
                 .is_ok_and(|t| Arc::ptr_eq(t, tenant));
             if !kept {
                 pool::close_idle(&tenant.pool);
+            }
+            let removed = new
+                .lookup(&tenant.settings.database, &tenant.settings.user)
+                .is_err();
+            if removed {
+                tenant.retired.start();
             }
         }
         info!(
@@ -65,6 +81,7 @@ impl Shared {
             "configuration reloaded"
         );
         self.tenants.store(Arc::new(new));
+        self.client_tls.store(Arc::new(client_tls));
         self.config.store(Arc::new(config));
         Ok(())
     }
@@ -80,6 +97,15 @@ impl Shared {
                 .values()
                 .any(|c| c.is_reachable())
     }
+}
+
+/// Why a configuration could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// `PAUSE`/`RESUME`: while paused (everything, or one tenant), clients keep their

@@ -14,28 +14,62 @@ pub enum Stream {
     ClientTls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     /// A server connection sluice opened with TLS.
     ServerTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// Handed to a TLS handshake that did not complete: every operation fails.
+    Closed,
+}
+
+fn closed() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "the TLS handshake failed")
 }
 
 impl Stream {
-    fn tcp(&self) -> &TcpStream {
+    fn tcp(&self) -> Option<&TcpStream> {
         match self {
-            Stream::Plain(tcp) => tcp,
-            Stream::ClientTls(tls) => tls.get_ref().0,
-            Stream::ServerTls(tls) => tls.get_ref().0,
+            Stream::Plain(tcp) => Some(tcp),
+            Stream::ClientTls(tls) => Some(tls.get_ref().0),
+            Stream::ServerTls(tls) => Some(tls.get_ref().0),
+            Stream::Closed => None,
         }
     }
 
     pub fn is_tls(&self) -> bool {
-        !matches!(self, Stream::Plain(_))
+        matches!(self, Stream::ClientTls(_) | Stream::ServerTls(_))
     }
 
     /// True when nothing has arrived on the socket and it is still open, checked without
     /// waiting and without consuming anything (a peek at the TCP socket).
     pub fn is_idle_and_open(&self) -> bool {
+        let Some(tcp) = self.tcp() else {
+            return false;
+        };
         let mut probe = [0u8; 1];
         let mut probe = ReadBuf::new(&mut probe);
         let mut cx = Context::from_waker(Waker::noop());
-        matches!(self.tcp().poll_peek(&mut cx, &mut probe), Poll::Pending)
+        matches!(tcp.poll_peek(&mut cx, &mut probe), Poll::Pending)
+    }
+
+    /// The first byte the client will send, without consuming it.
+    pub async fn peek_first_byte(&self) -> io::Result<Option<u8>> {
+        let tcp = self.tcp().ok_or_else(closed)?;
+        let mut byte = [0u8; 1];
+        Ok((tcp.peek(&mut byte).await? == 1).then_some(byte[0]))
+    }
+
+    /// Runs the server side of a TLS handshake on a plain client connection.
+    pub async fn accept_tls(&mut self, acceptor: &tokio_rustls::TlsAcceptor) -> io::Result<()> {
+        let Stream::Plain(tcp) = std::mem::replace(self, Stream::Closed) else {
+            return Err(io::Error::other("TLS was already negotiated"));
+        };
+        *self = Stream::ClientTls(Box::new(acceptor.accept(tcp).await?));
+        Ok(())
+    }
+
+    /// The ALPN protocol the client chose, for TLS connections.
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        match self {
+            Stream::ClientTls(tls) => tls.get_ref().1.alpn_protocol(),
+            _ => None,
+        }
     }
 }
 
@@ -49,6 +83,7 @@ impl AsyncRead for Stream {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::ClientTls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Stream::ServerTls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Closed => Poll::Ready(Err(closed())),
         }
     }
 }
@@ -63,6 +98,7 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::ClientTls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Stream::ServerTls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Closed => Poll::Ready(Err(closed())),
         }
     }
 
@@ -71,6 +107,7 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::ClientTls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Stream::ServerTls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Closed => Poll::Ready(Err(closed())),
         }
     }
 
@@ -79,6 +116,7 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::ClientTls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Stream::ServerTls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Closed => Poll::Ready(Ok(())),
         }
     }
 }

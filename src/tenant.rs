@@ -7,7 +7,9 @@ use crate::config::{AuthType, Config, PasswordKind, PoolMode, Secret, TenantSett
 use crate::params::Parameters;
 use crate::pool::{self, ServerPool};
 use crate::server::ServerTarget;
+use crate::shared::Drain;
 use crate::stats::{ServerRegistry, TenantStats};
+use crate::tls::TlsError;
 use sluice_protocol::md5::md5_password_hash;
 use sluice_protocol::scram::ScramSecret;
 use std::collections::{BTreeMap, HashMap};
@@ -37,6 +39,9 @@ pub struct Tenant {
     clients: AtomicU32,
     /// Set by the admin console's `PAUSE db`.
     pub paused: AtomicBool,
+    /// Started when a reload removes the tenant: its clients leave after their
+    /// transaction.
+    pub retired: Drain,
     /// The parameters this tenant's server reports at login: the defaults clients start from.
     parameters: OnceLock<Arc<Parameters>>,
 }
@@ -63,6 +68,7 @@ impl Tenant {
                 .as_ref()
                 .map(|s| s.expose().to_owned()),
             connect_timeout: settings.server_connect_timeout,
+            tls: cluster.tls.clone(),
         };
         let stats = Arc::new(TenantStats::default());
         let servers = Arc::new(ServerRegistry::default());
@@ -85,6 +91,7 @@ impl Tenant {
             servers,
             clients: AtomicU32::new(0),
             paused: AtomicBool::new(false),
+            retired: Drain::default(),
             parameters: OnceLock::new(),
         }
     }
@@ -161,18 +168,18 @@ impl Tenants {
     /// Builds the registry for `config`. Clusters and tenants of `previous` whose
     /// settings did not change are kept as they are, with their pools, connections and
     /// statistics; a changed budget is applied to the kept cluster.
-    pub fn build(config: &Config, previous: Option<&Tenants>) -> Self {
+    pub fn build(config: &Config, previous: Option<&Tenants>) -> Result<Self, TlsError> {
         let mut clusters = BTreeMap::new();
         for (name, settings) in &config.clusters {
             let kept = previous
                 .and_then(|p| p.clusters.get(name))
-                .filter(|c| c.host == settings.host && c.port == settings.port);
+                .filter(|c| c.is_same_endpoint(settings));
             let cluster = match kept {
                 Some(cluster) => {
                     cluster.resize(settings.max_server_connections);
                     cluster.clone()
                 }
-                None => Cluster::new(name, settings),
+                None => Cluster::new(name, settings)?,
             };
             clusters.insert(name.clone(), cluster);
         }
@@ -192,10 +199,10 @@ impl Tenants {
                 .or_default()
                 .insert(tenant.settings.user.clone(), tenant);
         }
-        Tenants {
+        Ok(Tenants {
             by_database,
             clusters,
-        }
+        })
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Tenant>> {

@@ -42,6 +42,11 @@ pub struct Config {
     /// How long SIGTERM waits for clients to finish before closing them.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// TLS towards clients.
+    pub client_tls: ClientTlsMode,
+    /// PEM certificate chain and private key for client TLS.
+    pub client_tls_cert_file: Option<PathBuf>,
+    pub client_tls_key_file: Option<PathBuf>,
     /// Users allowed into the admin console (database `sluice` or `pgbouncer`).
     pub admins: Vec<Admin>,
     /// Settings every tenant inherits unless it overrides them.
@@ -70,6 +75,9 @@ impl Default for Config {
             metrics_listen: "127.0.0.1:8067".to_owned(),
             client_login_timeout: Duration::from_secs(15),
             shutdown_timeout: Duration::from_secs(30),
+            client_tls: ClientTlsMode::Disable,
+            client_tls_cert_file: None,
+            client_tls_key_file: None,
             admins: Vec::new(),
             defaults: TenantDefaults::default(),
             clusters: BTreeMap::new(),
@@ -176,6 +184,37 @@ pub struct Cluster {
     /// Most server connections to this endpoint, over all its tenants.
     #[serde(default = "default_max_server_connections")]
     pub max_server_connections: u32,
+    /// TLS towards this server.
+    #[serde(default)]
+    pub tls: ServerTlsMode,
+    /// PEM root certificates that verify-ca and verify-full trust (e.g. the RDS bundle).
+    pub tls_ca_file: Option<PathBuf>,
+}
+
+/// `client_tls`: whether clients may, or must, use TLS.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientTlsMode {
+    #[default]
+    Disable,
+    Allow,
+    Require,
+}
+
+/// `[clusters.NAME] tls`, with libpq's `sslmode` meanings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServerTlsMode {
+    Disable,
+    /// TLS when the server offers it, unverified.
+    #[default]
+    Prefer,
+    /// TLS always, unverified.
+    Require,
+    /// TLS with the chain verified against `tls_ca_file`.
+    VerifyCa,
+    /// As verify-ca, and the certificate must name the host.
+    VerifyFull,
 }
 
 fn default_port() -> u16 {

@@ -273,7 +273,8 @@ fn unknown_keys_are_errors_naming_key_and_file() {
     assert_file_error(
         &format!("lisen = \"0.0.0.0:6432\"\n{MINIMAL}"),
         "lisen: unknown key, expected one of `listen`, `metrics_listen`, `client_login_timeout`, \
-         `shutdown_timeout`, `admins`, `defaults`, `clusters`, `tenants`",
+         `shutdown_timeout`, `client_tls`, `client_tls_cert_file`, `client_tls_key_file`, \
+         `admins`, `defaults`, `clusters`, `tenants`",
     );
     let (message, _) = load_err("[defaults]\npool_sise = 3\n", &[]);
     assert!(

@@ -7,7 +7,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::error::{Problem, Problems};
-use super::{AuthType, Config, ConfigError, Origin, PasswordKind, Secret, TenantConfig};
+use super::{
+    AuthType, ClientTlsMode, Config, ConfigError, Origin, PasswordKind, Secret, ServerTlsMode,
+    TenantConfig,
+};
 
 /// Database names that reach the admin console instead of a tenant.
 const RESERVED_DATABASES: [&str; 2] = ["sluice", "pgbouncer"];
@@ -95,6 +98,19 @@ impl Checker<'_> {
         self.address(&["metrics_listen"], &config.metrics_listen);
         self.positive(&["client_login_timeout"], config.client_login_timeout);
         self.positive(&["shutdown_timeout"], config.shutdown_timeout);
+        if config.client_tls != ClientTlsMode::Disable {
+            for (key, file) in [
+                ("client_tls_cert_file", &config.client_tls_cert_file),
+                ("client_tls_key_file", &config.client_tls_key_file),
+            ] {
+                if file.is_none() {
+                    self.fail(
+                        &[key],
+                        "is required when client_tls is not \"disable\"".to_owned(),
+                    );
+                }
+            }
+        }
     }
 
     fn admins(&mut self, config: &Config) {
@@ -150,6 +166,16 @@ impl Checker<'_> {
                 &["clusters", name, "max_server_connections"],
                 cluster.max_server_connections,
             );
+            let verifies = matches!(
+                cluster.tls,
+                ServerTlsMode::VerifyCa | ServerTlsMode::VerifyFull
+            );
+            if verifies && cluster.tls_ca_file.is_none() {
+                self.fail(
+                    &["clusters", name, "tls_ca_file"],
+                    "is required with tls = \"verify-ca\" or \"verify-full\"".to_owned(),
+                );
+            }
         }
     }
 

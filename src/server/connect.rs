@@ -4,10 +4,12 @@
 
 use super::{ServerConn, SERVER_READ_CHUNK};
 use crate::cluster::BudgetPermit;
+use crate::config::ServerTlsMode;
 use crate::params::{Parameters, ServerParameters};
 use crate::statements::ServerStatements;
 use crate::stats::ServerRegistry;
 use crate::stream::Stream;
+use crate::tls::ServerTls;
 use crate::wire::{flush, read_message, ReadError};
 use bytes::BytesMut;
 use sluice_protocol::backend::{self, AuthRequest};
@@ -15,9 +17,11 @@ use sluice_protocol::frame::MAX_LOGIN_MESSAGE_LEN;
 use sluice_protocol::frontend;
 use sluice_protocol::md5::md5_client_response;
 use sluice_protocol::scram::ScramClient;
+use sluice_protocol::startup::encode_ssl_request;
 use sluice_protocol::startup::{encode_startup, CancelKey};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Where and as whom a tenant's server connections log in.
@@ -30,6 +34,8 @@ pub struct ServerTarget {
     /// Plaintext password for the server login; `None` works only with `trust`.
     pub password: Option<String>,
     pub connect_timeout: Duration,
+    /// TLS settings of the cluster; `None` for plain TCP.
+    pub tls: Option<Arc<ServerTls>>,
 }
 
 impl std::fmt::Debug for ServerTarget {
@@ -61,6 +67,8 @@ pub enum ConnectError {
     UnsupportedAuth(String),
     #[error("server login failed: {0}")]
     Protocol(String),
+    #[error("TLS to the server failed: {0}")]
+    Tls(String),
     #[error("the cluster's connection budget is closed")]
     BudgetClosed,
 }
@@ -102,7 +110,10 @@ async fn login(
         })?;
     tcp.set_nodelay(true)?;
     let addr = tcp.peer_addr()?;
-    let mut stream = Stream::Plain(tcp);
+    let mut stream = match &target.tls {
+        Some(tls) => negotiate_tls(tcp, tls).await?,
+        None => Stream::Plain(tcp),
+    };
 
     let mut out = BytesMut::with_capacity(256);
     encode_startup(
@@ -148,6 +159,32 @@ async fn login(
         statements: ServerStatements::new(),
         _budget: budget,
     })
+}
+
+/// Asks the server for TLS (SSLRequest) and reads exactly its one-byte answer, so no
+/// plaintext can be slipped in ahead of the handshake (CVE-2021-23222); then performs
+/// the handshake, or stays plain under `prefer` when the server declines.
+async fn negotiate_tls(mut tcp: TcpStream, tls: &ServerTls) -> Result<Stream, ConnectError> {
+    let mut out = BytesMut::with_capacity(8);
+    encode_ssl_request(&mut out);
+    tcp.write_all(&out).await?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await?;
+    match (answer[0], tls.mode) {
+        (b'S', _) => {
+            let connected = tls.connector.connect(tls.name.clone(), tcp).await;
+            let stream = connected.map_err(|e| ConnectError::Tls(e.to_string()))?;
+            Ok(Stream::ServerTls(Box::new(stream)))
+        }
+        (b'N', ServerTlsMode::Prefer) => Ok(Stream::Plain(tcp)),
+        (b'N', _) => Err(ConnectError::Tls(
+            "the server does not accept TLS, which this cluster's tls setting requires".into(),
+        )),
+        (other, _) => Err(ConnectError::Protocol(format!(
+            "unexpected answer '{}' to SSLRequest",
+            other.escape_ascii()
+        ))),
+    }
 }
 
 async fn authenticate(

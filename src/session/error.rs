@@ -62,12 +62,16 @@ pub enum SessionError {
     IdleInTransactionTimeout(Duration),
     #[error("terminating connection due to idle timeout (client_idle_timeout is {0:?})")]
     ClientIdleTimeout(Duration),
+    #[error("TLS is required: connect with sslmode=require or stronger")]
+    TlsRequired,
     #[error("role \"{0}\" is not an admin of the sluice console")]
     NotAnAdmin(String),
     #[error("terminating connection due to administrator command")]
     Killed,
     #[error("terminating connection: sluice is shutting down")]
     ShuttingDown,
+    #[error("terminating connection: the tenant was removed from the configuration")]
+    TenantRemoved,
     #[error("server refused the client's session parameters: {message} (SQLSTATE {code})")]
     ParameterRejected { code: String, message: String },
 }
@@ -93,12 +97,16 @@ impl SessionError {
             SessionError::ClientGone | SessionError::ClientIo(_) => return None,
             SessionError::Protocol(_) => "08P01",
             SessionError::UnknownDatabase(_) => "3D000",
-            SessionError::UnknownUser { .. } | SessionError::NotAnAdmin(_) => "28000",
+            SessionError::UnknownUser { .. }
+            | SessionError::NotAnAdmin(_)
+            | SessionError::TlsRequired => "28000",
             SessionError::BadPassword(_) => "28P01",
             SessionError::TooManyClients { .. } | SessionError::WaitTimeout { .. } => "53300",
             SessionError::LoginTimeout(_) => "08006",
             SessionError::CancelledWhileWaiting => "57014",
-            SessionError::Killed | SessionError::ShuttingDown => "57P01",
+            SessionError::Killed | SessionError::ShuttingDown | SessionError::TenantRemoved => {
+                "57P01"
+            }
             SessionError::IdleInTransactionTimeout(_) => "25P03",
             SessionError::ClientIdleTimeout(_) => "57P05",
             SessionError::ServerUnavailable {

@@ -125,6 +125,7 @@ fn login_outcome(started: &Result<Started, SessionError>) -> Option<&'static str
         Err(SessionError::TooManyClients { .. }) => "limit",
         Err(SessionError::LoginTimeout(_)) => "timeout",
         Err(SessionError::Protocol(_)) => "protocol_error",
+        Err(SessionError::TlsRequired) => "tls_required",
         Err(_) => "server_error",
     })
 }
@@ -158,9 +159,10 @@ async fn start(
     shared: &Shared,
 ) -> Result<Started, SessionError> {
     let tenants = shared.tenants.load_full();
+    let client_tls = shared.client_tls.load_full();
     let mut buf = BytesMut::with_capacity(1024);
     let login = async {
-        match login::read_opening(stream, &mut buf).await? {
+        match login::read_opening(stream, &mut buf, &client_tls).await? {
             Opening::Cancel(key) => Ok::<_, SessionError>(Err(Some(key))),
             Opening::Startup(startup) if crate::admin::DATABASES.contains(&startup.database()) => {
                 crate::admin::login(stream, &mut buf, &startup, shared).await?;

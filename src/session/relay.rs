@@ -423,6 +423,9 @@ impl<'a> Relay<'a> {
                 if self.drain.is_draining() {
                     return Err(SessionError::ShuttingDown);
                 }
+                if self.tenant.retired.is_draining() {
+                    return Err(SessionError::TenantRemoved);
+                }
                 if !self.tenant.is_session_mode() {
                     self.release();
                     continue;
@@ -448,6 +451,7 @@ impl<'a> Relay<'a> {
             () = Deadline::sleep(deadline) => return Err(self.timeouts.expired(false)),
             () = self.cancel.killed() => return Err(SessionError::Killed),
             () = self.drain.started() => return Err(SessionError::ShuttingDown),
+            () = self.tenant.retired.started() => return Err(SessionError::TenantRemoved),
         };
         self.client_read(read);
         Ok(())
@@ -505,6 +509,9 @@ impl<'a> Relay<'a> {
             event = io => event,
             () = self.cancel.killed() => return Err(SessionError::Killed),
             () = self.drain.started(), if releasable => return Err(SessionError::ShuttingDown),
+            () = self.tenant.retired.started(), if releasable => {
+                return Err(SessionError::TenantRemoved)
+            }
             () = Deadline::sleep(deadline) => {
                 if busy {
                     self.timeouts.query_cancelled();
