@@ -490,6 +490,37 @@ async fn direct_tls_with_alpn_postgresql_is_accepted() {
     }
 }
 
+/// Direct TLS without ALPN "postgresql" is refused, as PostgreSQL 17 does (it guards
+/// against cross-protocol attacks): the handshake may complete, but no login follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_tls_without_alpn_is_refused() {
+    let pg = Postgres::shared();
+    let tenant = pg.create_tenant("tls_direct_no_alpn");
+    let files = TlsFiles::new();
+    let mut sluice = client_tls_sluice("require", &files, &[&tenant]);
+    let tcp = TcpStream::connect(sluice.addr()).await.expect("connect");
+    match tls_client(tcp, &[files.ca.der()], "localhost", &[]).await {
+        Err(e) => eprintln!("direct TLS without ALPN: handshake refused: {e}"),
+        Ok(tls) => {
+            let mut wire = Wire::new(tls);
+            wire.send(&startup_packet(&tenant.user, &tenant.database))
+                .await;
+            match wire.next().await {
+                Next::Eof => {}
+                Next::Message(b'E', body) => {
+                    let fields = error_fields(&body);
+                    assert_eq!(field(&fields, b'C'), "08P01", "{fields:?}");
+                }
+                Next::Message(tag, _) => {
+                    panic!("direct TLS without ALPN went on to {:?}", tag as char)
+                }
+            }
+        }
+    }
+    assert_tls_login(&sluice, &tenant, "sslmode=require");
+    assert_alive(&mut sluice);
+}
+
 /// psql ≥ 17 with `sslnegotiation=direct`. The harness' psql is usually 15, which does not
 /// know the option: then this test only says so (the rustls test above covers the wire).
 #[test]
@@ -580,6 +611,32 @@ async fn certificates_are_reread_on_console_reload() {
     console(&admin, "RELOAD").await;
     assert_tls_login(&sluice, &tenant, &verify_full(&new_ca));
     assert_psql_refused(&sluice, &tenant, &verify_full(&files.ca_file()));
+    assert_alive(&mut sluice);
+}
+
+/// `client_tls` from disable to require by reload: plaintext clients already connected go
+/// on, new ones are refused, TLS clients get in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_tls_can_be_required_by_reload() {
+    let pg = Postgres::shared();
+    let tenant = pg.create_tenant("tls_turn_on");
+    let files = TlsFiles::new();
+    let config = SluiceConfig::new(pg).tenant(Tenant::new(&tenant));
+    let mut sluice = Sluice::start(&config);
+    let plain = connect(&sluice, &tenant).await;
+    assert_psql_refused(&sluice, &tenant, "sslmode=require");
+
+    sluice.write_config(&config.client_tls("require", &files.cert_file(), &files.key_file()));
+    sluice
+        .reload_and_wait(PROMPTLY)
+        .unwrap_or_else(|log| panic!("reload refused:\n{log}"));
+    assert_tls_login(&sluice, &tenant, &verify_full(&files.ca_file()));
+    let e = refused_login(&sluice, &tenant.user, &tenant.password, &tenant.database).await;
+    assert_eq!(sqlstate(&e), Some("28000"), "{}", error_text(&e));
+    assert_eq!(
+        scalar(&plain, "SELECT 'kept'").await.as_deref(),
+        Some("kept")
+    );
     assert_alive(&mut sluice);
 }
 
@@ -740,18 +797,91 @@ fn incomplete_tls_settings_are_config_errors() {
             "{what}: the error does not name {named}: {err}"
         );
     }
+}
 
-    // A certificate file that does not exist keeps sluice from starting at all.
-    let missing = base.client_tls(
-        "require",
-        &files.dir().join("missing.crt"),
-        &files.key_file(),
-    );
-    let started = Sluice::try_start(&missing);
-    assert!(
-        started.is_err(),
-        "sluice started with a missing certificate file"
-    );
+/// Configurations naming TLS files that do not exist: (what, config, the missing file).
+fn configs_with_missing_tls_files(files: &TlsFiles) -> Vec<(&'static str, SluiceConfig, PathBuf)> {
+    let pg = Postgres::shared();
+    let tenant = Tenant::new(&TenantDb {
+        database: "app".into(),
+        user: "app".into(),
+        password: "app-password".into(),
+    });
+    let base = SluiceConfig::new(pg).tenant(tenant);
+    let missing = files.dir().join("missing.pem");
+    vec![
+        (
+            "client_tls_cert_file",
+            base.clone()
+                .client_tls("require", &missing, &files.key_file()),
+            missing.clone(),
+        ),
+        (
+            "client_tls_key_file",
+            base.clone()
+                .client_tls("allow", &files.cert_file(), &missing),
+            missing.clone(),
+        ),
+        (
+            "tls_ca_file",
+            base.cluster(
+                Cluster::new("secure", "localhost", pg.port())
+                    .tls("verify-full")
+                    .tls_ca_file(&missing),
+            ),
+            missing,
+        ),
+    ]
+}
+
+/// sluice does not start (it exits non-zero) when a TLS file is missing, and says which
+/// file once.
+#[test]
+fn a_missing_tls_file_stops_startup() {
+    let files = TlsFiles::new();
+    for (what, config, missing) in configs_with_missing_tls_files(&files) {
+        // sluice may bind `listen` before it reads the files: then it exits right after.
+        let log = match Sluice::try_start(&config) {
+            Err(log) => log,
+            Ok(mut sluice) => {
+                let status = sluice.wait_exit(PROMPTLY).unwrap_or_else(|| {
+                    panic!("{what}: sluice runs with a missing file:\n{}", sluice.log())
+                });
+                assert!(!status.success(), "{what}: exited with {status}");
+                sluice.log()
+            }
+        };
+        let name = missing.display().to_string();
+        assert!(
+            log.contains(&name),
+            "{what}: the error does not name {name}:\n{log}"
+        );
+        let cause = "No such file or directory";
+        assert_eq!(
+            log.matches(cause).count(),
+            1,
+            "{what}: the cause is not said exactly once:\n{log}"
+        );
+    }
+}
+
+/// `--check-config` should not call a configuration ok that sluice then refuses to start
+/// with (a TLS file that does not exist).
+#[test]
+fn check_config_rejects_missing_tls_files() {
+    let files = TlsFiles::new();
+    for (what, config, missing) in configs_with_missing_tls_files(&files) {
+        let (ok, err) = check_config(&config);
+        assert!(
+            !ok,
+            "--check-config accepts a missing {what} ({})",
+            missing.display()
+        );
+        assert!(
+            err.contains(&missing.display().to_string()),
+            "{what}: {err}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1016,5 +1146,82 @@ async fn server_tls_require_takes_any_certificate_but_never_plain() {
     assert_eq!(code, "08006", "{text}");
     assert_eq!(scalar(&bystander, "SELECT 1").await.as_deref(), Some("1"));
     assert_eq!(scalar(&client, "SELECT 2").await.as_deref(), Some("2"));
+    assert_alive(&mut sluice);
+}
+
+/// CVE-2021-23222, the server side: a man in the middle answers sluice's SSLRequest with
+/// 'S' followed at once by plaintext (here a complete, successful login). Those bytes came
+/// before the handshake, so they must not be taken as the server's: the handshake fails,
+/// and the client gets an error instead of a session on a fake server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_tls_ignores_plaintext_injected_after_s() {
+    for mode in ["prefer", "require"] {
+        let fake = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = fake.local_addr().expect("addr").port();
+        let server = tokio::spawn(async move {
+            let (mut tcp, _) = fake.accept().await.expect("accept");
+            let mut request = [0u8; 8];
+            tcp.read_exact(&mut request).await.expect("SSLRequest");
+            let mut answer = b"S".to_vec();
+            answer.extend(message(b'R', &0u32.to_be_bytes()));
+            answer.extend(message(b'S', b"server_version\x0016.0\x00"));
+            answer.extend(message(b'K', &[0, 0, 0, 1, 0, 0, 0, 2]));
+            answer.extend(message(b'Z', b"I"));
+            tcp.write_all(&answer).await.expect("answer");
+            let mut rest = Vec::new();
+            let _ = tcp.read_to_end(&mut rest).await;
+            request
+        });
+        let tenant = TenantDb {
+            database: format!("fake_{mode}"),
+            user: format!("fake_{mode}"),
+            password: "fake-password".into(),
+        };
+        let config = SluiceConfig::new(Postgres::shared())
+            .cluster(Cluster::new("fake", "127.0.0.1", port).tls(mode))
+            .tenant(Tenant {
+                cluster: "fake".into(),
+                ..Tenant::new(&tenant)
+            });
+        let mut sluice = Sluice::start(&config);
+        let (code, text) = server_connection_refused(&sluice, &tenant).await;
+        assert_eq!(code, "08006", "{mode}: {text}");
+        assert_alive(&mut sluice);
+        drop(sluice);
+        let request = server.await.expect("fake server");
+        assert_eq!(request, SSL_REQUEST, "{mode}: sluice's first packet");
+    }
+}
+
+/// The cluster's `tls_ca_file` is re-read on reload even when the configuration text is
+/// unchanged (a CA rotated in place, as secret mounts do).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_ca_file_is_reread_on_reload() {
+    let (pg, tenant, ca) = tls_server("srv_ca_rotate");
+    let files = TlsFiles::new();
+    // The file starts with the wrong CA.
+    let ca_file = files.write("cluster-ca.pem", &files.other_ca.pem());
+    let config = SluiceConfig::new(Postgres::shared())
+        .cluster(
+            Cluster::new("secure", "localhost", pg.port())
+                .tls("verify-full")
+                .tls_ca_file(&ca_file),
+        )
+        .tenant(on_secure(&tenant));
+    let mut sluice = Sluice::start(&config);
+    let (code, text) = server_connection_refused(&sluice, &tenant).await;
+    assert_eq!(code, "08006", "{text}");
+
+    files.write(
+        "cluster-ca.pem",
+        &std::fs::read_to_string(ca).expect("the server's CA"),
+    );
+    sluice
+        .reload_and_wait(PROMPTLY)
+        .unwrap_or_else(|log| panic!("reload refused:\n{log}"));
+    let client = connect(&sluice, &tenant).await;
+    assert_eq!(server_side_ssl(&client).await, "true");
     assert_alive(&mut sluice);
 }
