@@ -66,6 +66,7 @@ impl Problem {
         let origin = match source {
             ValueSource::File(file) => format!("in {}", display_file(file)),
             ValueSource::Env => format!("from environment variable {}", env_var(path)),
+            ValueSource::EnvVar(name) => format!("from environment variable {name}"),
             ValueSource::EnvEntry => "in an entry made by environment variables".to_owned(),
         };
         Problem {
@@ -73,6 +74,20 @@ impl Problem {
             message,
             origin,
         }
+    }
+
+    /// A problem with the value of a secret read from `reference` (`file
+    /// /run/secrets/acme`), which the configuration named at `path`:
+    /// `key: message (value from <reference>, <origin>)`.
+    pub(super) fn with_reference(
+        path: &[String],
+        message: String,
+        reference: &str,
+        source: &ValueSource<'_>,
+    ) -> Self {
+        let mut problem = Problem::new(path, message, source);
+        problem.origin = format!("value from {reference}, {}", problem.origin);
+        problem
     }
 }
 
@@ -92,6 +107,9 @@ pub(super) enum ValueSource<'a> {
     File(&'a Path),
     /// The environment variable named after the value's key.
     Env,
+    /// The named environment variable (one below the value's key:
+    /// `SLUICE_TENANTS__0__PASSWORD__FILE` for `tenants[0].password`).
+    EnvVar(String),
     /// Missing from an array entry or cluster that only environment
     /// variables define.
     EnvEntry,
@@ -105,6 +123,24 @@ impl Origin {
         } else {
             ValueSource::File(&self.file)
         }
+    }
+
+    /// Where the secret at `path` came from: like [`Origin::source_of`], but
+    /// a reference table set by a variable below the key
+    /// (`SLUICE_TENANTS__0__PASSWORD__ENV`) names that variable.
+    pub(super) fn secret_source_of(&self, path: &[String]) -> ValueSource<'_> {
+        let key = path.join(".");
+        if self.env_keys.contains(&key) {
+            return ValueSource::Env;
+        }
+        for field in ["env", "file"] {
+            if self.env_keys.contains(&format!("{key}.{field}")) {
+                let mut path = path.to_vec();
+                path.push(field.to_owned());
+                return ValueSource::EnvVar(env_var(&path));
+            }
+        }
+        ValueSource::File(&self.file)
     }
 }
 

@@ -1,5 +1,7 @@
 //! Loading: one TOML file, then `SLUICE_*` environment overrides, through
-//! figment; figment's errors reworded as `key: message (source)`.
+//! figment; figment's errors reworded as `key: message (source)`. Then the
+//! secrets given as `{ env = .. }` or `{ file = .. }` are read (see
+//! `secret.rs`), and the result is validated.
 //!
 //! Environment variables are read by [`EnvOverrides`] rather than figment's
 //! own `Env` provider, which differs in two ways that matter here:
@@ -25,7 +27,7 @@ use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 
 use super::error::{Problem, Problems, ValueSource, ARRAY_KEYS, ENV_PREFIX};
-use super::{Config, ConfigError, Origin};
+use super::{Config, ConfigError, Origin, Secret};
 
 /// The metadata name of [`EnvOverrides`], used to tell which errors came
 /// from the environment.
@@ -45,8 +47,15 @@ impl Config {
     /// `SLUICE_CLUSTERS__MAIN__PORT`, `SLUICE_TENANTS__0__PASSWORD`), and
     /// validates the result.
     ///
+    /// Every secret given as `{ env = "VAR" }` or `{ file = "PATH" }` is read
+    /// now (relative paths from the directory of `path`), so each load sees
+    /// rotated values.
+    ///
     /// A missing file is an error. Unknown keys, wrong types and missing
-    /// required keys are errors naming the key and the file or variable.
+    /// required keys are errors naming the key and the file or variable, and
+    /// so is a secret that cannot be read (naming its variable or file too).
+    /// Secrets that cannot be read and rules the values break are all reported
+    /// together.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
@@ -68,8 +77,45 @@ impl Config {
             file: path.to_owned(),
             env_keys,
         };
-        config.validate()?;
-        Ok(config)
+        let mut problems = config.resolve_secrets(path.parent().unwrap_or(Path::new("")));
+        problems.extend(config.problems());
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(Problems(problems)))
+        }
+    }
+
+    /// Reads the value of every secret given as `{ env = .. }` or
+    /// `{ file = .. }`, relative paths from `base`; one problem per secret
+    /// that cannot be read. A secret that failed keeps an empty value, which
+    /// validation leaves alone.
+    fn resolve_secrets(&mut self, base: &Path) -> Vec<Problem> {
+        let key = |array: &str, i: usize, field: &str| {
+            vec![array.to_owned(), i.to_string(), field.to_owned()]
+        };
+        let mut secrets: Vec<(Vec<String>, &mut Secret)> = Vec::new();
+        for (i, admin) in self.admins.iter_mut().enumerate() {
+            secrets.push((key("admins", i, "password"), &mut admin.password));
+        }
+        for (i, tenant) in self.tenants.iter_mut().enumerate() {
+            secrets.push((key("tenants", i, "password"), &mut tenant.password));
+            if let Some(server_password) = &mut tenant.server_password {
+                secrets.push((key("tenants", i, "server_password"), server_password));
+            }
+        }
+        let origin = &self.origin;
+        secrets
+            .into_iter()
+            .filter_map(|(path, secret)| {
+                let message = secret.resolve(base).err()?;
+                Some(Problem::new(
+                    &path,
+                    message,
+                    &origin.secret_source_of(&path),
+                ))
+            })
+            .collect()
     }
 }
 
@@ -177,7 +223,8 @@ fn problem(error: figment::Error, file: &Path) -> Problem {
     } else {
         ValueSource::File(file)
     };
-    let is_secret = path.last().is_some_and(|key| key.ends_with("password"));
+    // A password, or a key inside a password's `{ env, file }` table.
+    let is_secret = path.iter().any(|key| key.ends_with("password"));
     let message = match error.kind {
         Kind::MissingField(name) => {
             path.push(name.into_owned());

@@ -8,7 +8,9 @@
 //! returned by `load` is always valid.
 //!
 //! Invariants: every struct rejects unknown keys; secrets are [`Secret`]s and
-//! never appear in `Debug` output or error messages. `config/sluice.example.toml`
+//! never appear in `Debug` output or error messages. A secret may be written
+//! as its value or as `{ env = "VAR" }` / `{ file = "PATH" }`; `load` reads
+//! those, so a loaded `Config` holds only values. `config/sluice.example.toml`
 //! documents every key and is checked by the tests.
 
 mod error;
@@ -92,7 +94,8 @@ impl Default for Config {
 #[serde(deny_unknown_fields)]
 pub struct Admin {
     pub user: String,
-    /// Plaintext, a SCRAM-SHA-256 verifier or an md5 hash.
+    /// Plaintext, a SCRAM-SHA-256 verifier or an md5 hash; in the file, the
+    /// value or `{ env = "VAR" }` / `{ file = "PATH" }`.
     pub password: Secret,
 }
 
@@ -238,13 +241,15 @@ pub struct TenantConfig {
     /// Name of a `[clusters.NAME]` entry.
     pub cluster: String,
     /// What clients must prove: plaintext, a SCRAM-SHA-256 verifier or an
-    /// md5 hash.
+    /// md5 hash; in the file, the value or `{ env = "VAR" }` /
+    /// `{ file = "PATH" }`.
     pub password: Secret,
     /// Upstream database; defaults to `database`.
     pub server_database: Option<String>,
     /// Upstream role; defaults to `user`.
     pub server_user: Option<String>,
     /// Upstream password; defaults to `password` when that is plaintext.
+    /// Given like `password`.
     pub server_password: Option<Secret>,
     pub pool_mode: Option<PoolMode>,
     pub pool_size: Option<u32>,

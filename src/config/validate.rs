@@ -21,6 +21,16 @@ impl Config {
     /// authentication they are used with. [`Config::load`] calls it; call it
     /// again only for a configuration built in code.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let problems = self.problems();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(Problems(problems)))
+        }
+    }
+
+    /// Every rule this configuration breaks; see [`Config::validate`].
+    pub(super) fn problems(&self) -> Vec<Problem> {
         let mut check = Checker {
             origin: &self.origin,
             problems: Vec::new(),
@@ -34,11 +44,7 @@ impl Config {
         }
         check.unique_tenants(self);
         check.cluster_budgets(self);
-        if check.problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid(Problems(check.problems)))
-        }
+        check.problems
     }
 }
 
@@ -53,6 +59,27 @@ impl Checker<'_> {
         let path: Vec<String> = path.iter().map(|s| (*s).to_owned()).collect();
         let source = self.origin.source_of(&path);
         self.problems.push(Problem::new(&path, message, &source));
+    }
+
+    /// A problem with a secret's value: when it was read from a variable or
+    /// file, the message names that too.
+    fn fail_secret(&mut self, path: &[&str], secret: &Secret, message: String) {
+        let path: Vec<String> = path.iter().map(|s| (*s).to_owned()).collect();
+        let source = self.origin.secret_source_of(&path);
+        let problem = match secret.reference() {
+            Some(reference) => Problem::with_reference(&path, message, &reference, &source),
+            None => Problem::new(&path, message, &source),
+        };
+        self.problems.push(problem);
+    }
+
+    /// A secret written as its value must not be empty. One read from a
+    /// variable or file is never empty: reading it checked that, and one that
+    /// could not be read has been reported already.
+    fn secret_non_empty(&mut self, path: &[&str], secret: &Secret) {
+        if secret.is_literal() && secret.expose().is_empty() {
+            self.fail_secret(path, secret, "must not be empty".to_owned());
+        }
     }
 
     fn non_empty(&mut self, path: &[&str], value: &str) {
@@ -84,8 +111,9 @@ impl Checker<'_> {
         if secret.password_kind() == PasswordKind::ScramVerifier
             && !secret.is_well_formed_verifier()
         {
-            self.fail(
+            self.fail_secret(
                 path,
+                secret,
                 "starts like a SCRAM-SHA-256 verifier but is not \
                  SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>"
                     .to_owned(),
@@ -118,7 +146,7 @@ impl Checker<'_> {
         for (index, admin) in config.admins.iter().enumerate() {
             let i = index.to_string();
             self.non_empty(&["admins", &i, "user"], &admin.user);
-            self.non_empty(&["admins", &i, "password"], admin.password.expose());
+            self.secret_non_empty(&["admins", &i, "password"], &admin.password);
             self.verifier_shape(&["admins", &i, "password"], &admin.password);
             if let Some(&first) = seen.get(admin.user.as_str()) {
                 let message = format!(
@@ -189,7 +217,7 @@ impl Checker<'_> {
             self.fail(&key("database"), message);
         }
         self.non_empty(&key("user"), &tenant.user);
-        self.non_empty(&key("password"), tenant.password.expose());
+        self.secret_non_empty(&key("password"), &tenant.password);
         self.verifier_shape(&key("password"), &tenant.password);
         if !config.clusters.contains_key(&tenant.cluster) {
             let defined: Vec<&str> = config.clusters.keys().map(String::as_str).collect();
@@ -209,10 +237,10 @@ impl Checker<'_> {
             self.non_empty(&key("server_user"), server_user);
         }
         if let Some(server_password) = &tenant.server_password {
-            self.non_empty(&key("server_password"), server_password.expose());
+            self.secret_non_empty(&key("server_password"), server_password);
             if server_password.password_kind() == PasswordKind::ScramVerifier {
                 let message = "must be the plaintext password: a SCRAM verifier cannot log in";
-                self.fail(&key("server_password"), message.to_owned());
+                self.fail_secret(&key("server_password"), server_password, message.to_owned());
             }
         }
 
@@ -264,7 +292,7 @@ impl Checker<'_> {
             let message = format!(
                 "{mismatch} (auth_type is \"{auth_type}\"); give the plaintext password or change auth_type"
             );
-            self.fail(&key("password"), message);
+            self.fail_secret(&key("password"), &tenant.password, message);
         }
     }
 
