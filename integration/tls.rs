@@ -2,14 +2,19 @@
 //!
 //! Clients → sluice (`client_tls`): psql with `sslmode=require` / `verify-full` (libpq is
 //! the reference client; tokio-postgres has no TLS without extra crates), plaintext refused
-//! or accepted by mode, the bytes-after-SSLRequest injection (CVE-2021-23214) refused,
-//! direct TLS (PostgreSQL 17's `sslnegotiation=direct`, ALPN "postgresql") with a rustls
-//! client, certificate chains and SEC1 keys, and certificates re-read on SIGHUP / RELOAD.
+//! or accepted by mode, plaintext cancel requests, the bytes-after-SSLRequest injection
+//! (CVE-2021-23214) refused, direct TLS (PostgreSQL 17's `sslnegotiation=direct`, ALPN
+//! "postgresql") with a rustls client, certificate chains and SEC1 keys, certificates
+//! re-read on SIGHUP / RELOAD (a broken one is not), missing files, and SIGTERM draining a
+//! TLS client.
 //!
 //! sluice → PostgreSQL (`[clusters.NAME] tls`, `tls_ca_file`): against the harness' second,
-//! TLS-only server ([`Postgres::shared_tls`]) and the plain first one, every mode, with the
-//! right CA, a wrong CA and a host name the certificate does not cover; a server
-//! connection that fails fails only its client.
+//! TLS-only server ([`Postgres::shared_tls`]), the plain first one and a fake server, every
+//! mode, with the right CA, a wrong CA and a host name the certificate does not cover,
+//! plaintext injected after the server's 'S' (CVE-2021-23222), and the CA file re-read on
+//! reload; a server connection that fails fails only its client.
+//!
+//! The `harness_*` tests check the harness' own TLS material without sluice.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -21,14 +26,16 @@ use tokio::net::TcpStream;
 use tokio_postgres::Client;
 
 use crate::common::{
-    assert_alive, console, console_login, refused_login, scalar, wait_until_running, PROMPTLY,
+    assert_alive, console, console_login, http_get, refused_login, scalar, wait_until_running,
+    PROMPTLY,
 };
 use crate::harness::{
     connect, error_text, pg_command, psql_with, sqlstate, tls_client, Ca, Cluster, Postgres,
     Sluice, SluiceConfig, Tenant, TenantDb, TlsFiles,
 };
 use crate::raw::{
-    error_fields, field, md5_response, message, query, startup_packet, Next, RawConn, READ_TIMEOUT,
+    cancel_request, error_fields, field, md5_response, message, query, startup_packet, Next,
+    RawConn, READ_TIMEOUT,
 };
 
 /// The SSLRequest packet: length 8, code 80877103.
@@ -160,8 +167,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         }
     }
 
-    /// Startup and md5 login as `tenant`, up to ReadyForQuery.
-    async fn login_md5(&mut self, tenant: &TenantDb) {
+    /// Startup and md5 login as `tenant`, up to ReadyForQuery; returns the cancel key
+    /// (BackendKeyData: pid, secret).
+    async fn login_md5(&mut self, tenant: &TenantDb) -> (i32, i32) {
         self.send(&startup_packet(&tenant.user, &tenant.database))
             .await;
         let (tag, body) = self.expect_message().await;
@@ -175,10 +183,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         let mut response = md5_response(&tenant.user, &tenant.password, salt).into_bytes();
         response.push(0);
         self.send(&message(b'p', &response)).await;
+        let mut key = None;
         loop {
             match self.expect_message().await {
-                (b'Z', _) => return,
+                (b'Z', _) => return key.expect("BackendKeyData"),
                 (b'E', body) => panic!("login failed: {:?}", error_fields(&body)),
+                (b'K', body) => {
+                    let int = |at: usize| {
+                        i32::from_be_bytes(body[at..at + 4].try_into().expect("4 bytes"))
+                    };
+                    key = Some((int(0), int(4)));
+                }
                 _ => {}
             }
         }
@@ -359,6 +374,61 @@ async fn plaintext_is_refused_under_require_with_28000() {
 
     // TLS clients are unaffected.
     assert_tls_login(&sluice, &tenant, "sslmode=require");
+    // The refusals are counted as such (README, metrics).
+    let metrics = http_get(sluice.metrics_addr(), "/metrics").body;
+    let refused: f64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("sluice_client_logins_total{") && l.contains("result=\"tls_required\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        refused >= 3.0,
+        "tls_required logins counted {refused}:\n{metrics}"
+    );
+    assert_alive(&mut sluice);
+}
+
+/// Under `require`, a CancelRequest may come in plaintext (libpq before 17 sends it so) and
+/// cancels the query of a TLS session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plaintext_cancel_request_cancels_a_tls_session() {
+    let pg = Postgres::shared();
+    let tenant = pg.create_tenant("tls_cancel");
+    let files = TlsFiles::new();
+    let mut sluice = client_tls_sluice("require", &files, &[&tenant]);
+    let mut session = ssl_request_connect(&sluice, &files.ca).await;
+    let (pid, secret) = session.login_md5(&tenant).await;
+    session.send(&query("SELECT pg_sleep(60)")).await;
+    wait_until_running(&tenant, "SELECT pg_sleep(60)");
+
+    let started = Instant::now();
+    let mut cancel = RawConn::connect(sluice.addr()).await;
+    cancel.send(&cancel_request(pid, secret)).await;
+    cancel.expect_eof().await;
+    let mut code = None;
+    loop {
+        match session.expect_message().await {
+            (b'E', body) => code = Some(field(&error_fields(&body), b'C').to_owned()),
+            (b'Z', _) => break,
+            _ => {}
+        }
+    }
+    assert_eq!(
+        code.as_deref(),
+        Some("57014"),
+        "the query was not cancelled"
+    );
+    assert!(
+        started.elapsed() < PROMPTLY,
+        "cancelled after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        session.scalar("SELECT 'after cancel'").await,
+        "after cancel"
+    );
     assert_alive(&mut sluice);
 }
 
@@ -731,6 +801,11 @@ fn check_config(config: &SluiceConfig) -> (bool, String) {
     let path = dir.path().join("sluice.toml");
     std::fs::write(&path, config.render()).expect("writing the config");
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("SLUICE_") {
+            cmd.env_remove(key);
+        }
+    }
     cmd.arg("--check-config").arg(&path);
     let out = crate::harness::output_with_timeout(&mut cmd, Duration::from_secs(30));
     (out.status.success(), stderr(&out))
