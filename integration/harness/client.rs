@@ -71,6 +71,26 @@ pub fn psql(to: &impl Endpoint, user: &str, password: &str, db: &str, sql: &str)
     output_with_timeout(&mut cmd, PSQL_TIMEOUT)
 }
 
+/// psql with `extra` appended to the connection string (e.g. `"sslmode=verify-full
+/// sslrootcert=/path host=localhost hostaddr=127.0.0.1"`: a later keyword wins) and one
+/// `-c` per entry of `commands` (backslash commands such as `\\conninfo` work too).
+pub fn psql_with(
+    to: &impl Endpoint,
+    user: &str,
+    password: &str,
+    db: &str,
+    extra: &str,
+    commands: &[&str],
+) -> Output {
+    let mut cmd = pg_command("psql", password);
+    cmd.args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d"])
+        .arg(format!("{} {extra}", conninfo(to, user, db)));
+    for c in commands {
+        cmd.arg("-c").arg(c);
+    }
+    output_with_timeout(&mut cmd, PSQL_TIMEOUT)
+}
+
 /// [`psql`] that must succeed: returns stdout without the final newline.
 pub fn psql_ok(to: &impl Endpoint, user: &str, password: &str, db: &str, sql: &str) -> String {
     let out = psql(to, user, password, db, sql);

@@ -6,6 +6,7 @@
 
 use std::fmt::Write;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
 
 use super::postgres::{Postgres, TenantDb};
 use super::process::free_port;
@@ -130,6 +131,21 @@ impl SluiceConfig {
         self
     }
 
+    /// Adds a `[clusters.NAME]` table.
+    pub fn cluster(mut self, cluster: Cluster) -> Self {
+        self.clusters.push(cluster);
+        self
+    }
+
+    /// `client_tls = mode` (`"disable"`, `"allow"`, `"require"`) with the certificate
+    /// chain and key files.
+    pub fn client_tls(self, mode: &str, cert_file: &Path, key_file: &Path) -> Self {
+        let path = |p: &Path| quote(&p.to_string_lossy());
+        self.top_line(&format!("client_tls = {}", quote(mode)))
+            .top_line(&format!("client_tls_cert_file = {}", path(cert_file)))
+            .top_line(&format!("client_tls_key_file = {}", path(key_file)))
+    }
+
     /// Sets `max_server_connections` of cluster `main`.
     pub fn max_server_connections(mut self, n: u32) -> Self {
         self.cluster_mut("main").max_server_connections = Some(n);
@@ -213,6 +229,36 @@ impl SluiceConfig {
             s.push('\n');
         }
         s
+    }
+}
+
+impl Cluster {
+    /// Cluster `name` at `host:port` with a small connection budget (tests share the
+    /// servers).
+    pub fn new(name: &str, host: &str, port: u16) -> Cluster {
+        Cluster {
+            name: name.into(),
+            host: host.into(),
+            port,
+            max_server_connections: Some(10),
+            extra: Vec::new(),
+        }
+    }
+
+    /// `tls = mode` (`"disable"`, `"prefer"`, `"require"`, `"verify-ca"`, `"verify-full"`).
+    pub fn tls(self, mode: &str) -> Self {
+        self.line(&format!("tls = {}", quote(mode)))
+    }
+
+    /// `tls_ca_file = path`.
+    pub fn tls_ca_file(self, path: &Path) -> Self {
+        self.line(&format!("tls_ca_file = {}", quote(&path.to_string_lossy())))
+    }
+
+    /// A raw `key = value` line in this cluster's table.
+    pub fn line(mut self, line: &str) -> Self {
+        self.extra.push(line.into());
+        self
     }
 }
 

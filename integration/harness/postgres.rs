@@ -1,5 +1,6 @@
 //! One throwaway PostgreSQL server per test process, started on first use and shared by all
-//! tests. Tests run in parallel and never meet: each creates its own tenants (a role and a
+//! tests (and a second one that accepts only TLS, [`Postgres::shared_tls`], for the tests
+//! of sluice's server-side TLS). Tests run in parallel and never meet: each creates its own tenants (a role and a
 //! database with a unique name).
 //!
 //! Cleanup cannot rely on `Drop` (statics are never dropped). Instead the server runs under
@@ -26,6 +27,7 @@ use super::client::{self, conninfo, Endpoint};
 use super::process::{
     free_port, is_root, output_with_timeout, pg_bindir, pg_tool, poll_until, random_token, which,
 };
+use super::tls;
 
 /// Login details of a tenant made by [`Postgres::create_tenant`]: a LOGIN role whose
 /// password is stored as a SCRAM-SHA-256 verifier, and a database it owns.
@@ -41,6 +43,8 @@ pub struct Postgres {
     port: u16,
     dir: PathBuf,
     password: String,
+    /// For [`Postgres::shared_tls`]: the CA that signed the server's certificate.
+    tls_ca_file: Option<PathBuf>,
     watchdog: Mutex<Option<Watchdog>>,
 }
 
@@ -72,15 +76,45 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 const SQL_TIMEOUT: Duration = Duration::from_secs(60);
 
 static SHARED: OnceLock<Result<Postgres, String>> = OnceLock::new();
+static SHARED_TLS: OnceLock<Result<Postgres, String>> = OnceLock::new();
+
+/// Which kind of server [`start`] sets up.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Flavor {
+    /// No TLS; password (SCRAM) over TCP.
+    Plain,
+    /// `ssl = on` with a certificate for `localhost` and 127.0.0.1 signed by a CA of its
+    /// own, listening on 127.0.0.1 and 127.0.0.2; pg_hba accepts TCP only over TLS.
+    TlsOnly,
+}
 
 impl Postgres {
     /// The server of this process, started on the first call (which blocks until it
     /// answers queries). Panics with PostgreSQL's log if it cannot be started.
     pub fn shared() -> &'static Postgres {
-        match SHARED.get_or_init(start) {
+        match SHARED.get_or_init(|| start(Flavor::Plain)) {
             Ok(pg) => pg,
             Err(e) => panic!("the throwaway PostgreSQL did not start: {e}"),
         }
+    }
+
+    /// A second server of this process that accepts TCP clients only over TLS
+    /// (`hostssl … scram-sha-256`, `hostnossl … reject`); started on the first call and
+    /// cleaned up like [`Postgres::shared`]. Its certificate is for `localhost` and
+    /// 127.0.0.1 (not 127.0.0.2, where it listens too: for host-name mismatches), signed
+    /// by [`Postgres::tls_ca_file`]. The harness' psql reaches it with libpq's default
+    /// `sslmode=prefer`; [`Postgres::superuser_client`] (no TLS) does not.
+    pub fn shared_tls() -> &'static Postgres {
+        match SHARED_TLS.get_or_init(|| start(Flavor::TlsOnly)) {
+            Ok(pg) => pg,
+            Err(e) => panic!("the throwaway TLS-only PostgreSQL did not start: {e}"),
+        }
+    }
+
+    /// The PEM file of the CA that signed the certificate of [`Postgres::shared_tls`];
+    /// `None` for a server without TLS.
+    pub fn tls_ca_file(&self) -> Option<&Path> {
+        self.tls_ca_file.as_deref()
     }
 
     pub fn port(&self) -> u16 {
@@ -216,7 +250,7 @@ pub fn literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }
 
-fn start() -> Result<Postgres, String> {
+fn start(flavor: Flavor) -> Result<Postgres, String> {
     let bindir = pg_bindir().ok_or(
         "PostgreSQL's initdb is neither on PATH nor in /usr/lib/postgresql/*/bin: \
          run scripts/ensure-deps",
@@ -226,18 +260,26 @@ fn start() -> Result<Postgres, String> {
         .tempdir()
         .map_err(|e| format!("creating a temp dir: {e}"))?
         .keep();
-    let started = init_and_start(&bindir, &dir);
+    let started = init_and_start(&bindir, &dir, flavor);
     if started.is_err() {
         let _ = fs::remove_dir_all(&dir);
     }
     started
 }
 
-fn init_and_start(bindir: &Path, dir: &Path) -> Result<Postgres, String> {
+fn init_and_start(bindir: &Path, dir: &Path, flavor: Flavor) -> Result<Postgres, String> {
     let io = |what: &'static str| move |e: std::io::Error| format!("{what}: {e}");
     let password = random_token();
     let pwfile = dir.join("pwfile");
     fs::write(&pwfile, format!("{password}\n")).map_err(io("writing pwfile"))?;
+    // Written before the chown below, so the server's user owns the key (mode 0600).
+    let tls_dir = dir.join("tls");
+    if flavor == Flavor::TlsOnly {
+        fs::create_dir(&tls_dir).map_err(io("creating the tls dir"))?;
+        let ca = tls::Ca::new("sluice test CA (TLS-only PostgreSQL)");
+        let other = tls::Ca::new("unrelated test CA");
+        tls::write_server_files(&tls_dir, &ca, &other);
+    }
     if is_root() {
         ensure_postgres_user()?;
         run(Command::new("chown").arg("-R").arg("postgres").arg(dir))?;
@@ -257,20 +299,39 @@ fn init_and_start(bindir: &Path, dir: &Path) -> Result<Postgres, String> {
 
     let port = free_port();
     let socket_dir = dir.to_string_lossy().replace('\'', "''");
+    let quoted = |p: PathBuf| p.to_string_lossy().replace('\'', "''");
+    let (listen, tls_settings) = match flavor {
+        Flavor::Plain => ("127.0.0.1", String::new()),
+        Flavor::TlsOnly => (
+            "127.0.0.1,127.0.0.2",
+            format!(
+                "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
+                quoted(tls_dir.join("server.crt")),
+                quoted(tls_dir.join("server.key"))
+            ),
+        ),
+    };
     let settings = format!(
         "\n# sluice test harness\n\
-         listen_addresses = '127.0.0.1'\nport = {port}\n\
+         listen_addresses = '{listen}'\nport = {port}\n\
          unix_socket_directories = '{socket_dir}'\n\
          max_connections = 300\nshared_buffers = '32MB'\n\
          password_encryption = 'scram-sha-256'\n\
          fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
-         log_line_prefix = '%m [%p] %q%u@%d '\n"
+         log_line_prefix = '%m [%p] %q%u@%d '\n{tls_settings}"
     );
     OpenOptions::new()
         .append(true)
         .open(data.join("postgresql.conf"))
         .and_then(|mut f| f.write_all(settings.as_bytes()))
         .map_err(io("writing postgresql.conf"))?;
+    if flavor == Flavor::TlsOnly {
+        let hba = "# sluice test harness: TCP only over TLS\n\
+                   local all all trust\n\
+                   hostssl all all 127.0.0.0/8 scram-sha-256\n\
+                   hostnossl all all 0.0.0.0/0 reject\n";
+        fs::write(data.join("pg_hba.conf"), hba).map_err(io("writing pg_hba.conf"))?;
+    }
 
     let watchdog_log = File::create(dir.join("watchdog.log")).map_err(io("watchdog.log"))?;
     let mut watchdog = as_postgres_user(Path::new("/bin/sh"));
@@ -291,6 +352,7 @@ fn init_and_start(bindir: &Path, dir: &Path) -> Result<Postgres, String> {
         port,
         dir: dir.to_path_buf(),
         password,
+        tls_ca_file: (flavor == Flavor::TlsOnly).then(|| tls_dir.join("ca.pem")),
         watchdog: Mutex::new(Some(Watchdog { child, stdin })),
     };
     // On error `pg` is dropped here, which closes the pipe: the watchdog cleans up.

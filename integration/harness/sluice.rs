@@ -183,6 +183,31 @@ impl Sluice {
         self.signal("HUP")
     }
 
+    /// SIGHUP, then waits (up to `timeout`) until the log reports the outcome: `Ok` once a
+    /// new "configuration reloaded" line appeared, `Err` with the log if a new "not
+    /// reloaded" line did (the old configuration stays in force). Panics if neither shows
+    /// up in time.
+    pub fn reload_and_wait(&self, timeout: Duration) -> Result<(), String> {
+        let count = |needle: &str| self.log().matches(needle).count();
+        let (reloaded, refused) = (
+            count("configuration reloaded"),
+            count("configuration not reloaded"),
+        );
+        assert!(self.reload(), "SIGHUP not delivered");
+        let outcome = poll_until(timeout, POLL, || {
+            if count("configuration reloaded") > reloaded {
+                return Some(Ok(()));
+            }
+            (count("configuration not reloaded") > refused).then(|| Err(self.log()))
+        });
+        outcome.unwrap_or_else(|| {
+            panic!(
+                "no reload outcome in the log {timeout:?} after SIGHUP:\n{}",
+                self.log()
+            )
+        })
+    }
+
     /// Rewrites the config file (e.g. before [`Sluice::reload`]). Keep `listen` and
     /// `metrics_listen` from [`Sluice::config`] unless the test is about changing them.
     pub fn write_config(&mut self, config: &SluiceConfig) {
