@@ -2,8 +2,9 @@
 //! all its tenants share, and the per-cluster metrics (histograms and counters through
 //! the `metrics` facade, with handles resolved once so the hot path only records).
 
-use crate::config::{self, ServerTlsMode};
+use crate::config;
 use crate::tls::{ServerTls, TlsError};
+use arc_swap::ArcSwapOption;
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -59,10 +60,9 @@ impl ClusterMetrics {
 
 pub struct Cluster {
     pub name: String,
-    /// How connections to this server are secured; `None` for plain TCP.
-    pub tls: Option<Arc<ServerTls>>,
-    /// The TLS settings `tls` was built from, to tell whether a reload changes them.
-    tls_settings: (ServerTlsMode, Option<std::path::PathBuf>),
+    /// How new connections to this server are secured; `None` for plain TCP. Rebuilt
+    /// on every reload, so a rotated CA file is read again.
+    pub tls: ArcSwapOption<ServerTls>,
     pub host: String,
     pub port: u16,
     pub max_server_connections: AtomicU32,
@@ -130,8 +130,7 @@ impl Cluster {
         metrics.up.set(1.0);
         Ok(Arc::new(Cluster {
             name: name.to_owned(),
-            tls,
-            tls_settings: (config.tls, config.tls_ca_file.clone()),
+            tls: ArcSwapOption::new(tls),
             host: config.host.clone(),
             port: config.port,
             max_server_connections: AtomicU32::new(config.max_server_connections),
@@ -142,11 +141,15 @@ impl Cluster {
         }))
     }
 
-    /// True when `config` describes this same endpoint, reachable the same way.
+    /// True when `config` names this same endpoint.
     pub fn is_same_endpoint(&self, config: &config::Cluster) -> bool {
-        self.host == config.host
-            && self.port == config.port
-            && self.tls_settings == (config.tls, config.tls_ca_file.clone())
+        self.host == config.host && self.port == config.port
+    }
+
+    /// Applies the TLS settings of a reloaded configuration to new connections.
+    pub fn reload_tls(&self, config: &config::Cluster) -> Result<(), TlsError> {
+        self.tls.store(ServerTls::load(config)?);
+        Ok(())
     }
 
     /// Applies a new `max_server_connections`. Shrinking takes back only permits that are

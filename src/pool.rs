@@ -46,7 +46,7 @@ impl managed::Manager for ServerManager {
         stats.servers_connecting.fetch_add(1, Relaxed);
         let opened = async {
             let permit = cluster.acquire().await?;
-            connect(&self.target, permit, servers).await
+            connect(&self.target, cluster.tls.load_full(), permit, servers).await
         }
         .await;
         stats.servers_connecting.fetch_sub(1, Relaxed);

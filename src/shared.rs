@@ -75,14 +75,11 @@ impl Shared {
                 tenant.retired.start();
             }
         }
-        info!(
-            clusters = config.clusters.len(),
-            tenants = config.tenants.len(),
-            "configuration reloaded"
-        );
         self.tenants.store(Arc::new(new));
         self.client_tls.store(Arc::new(client_tls));
+        let (clusters, tenants) = (config.clusters.len(), config.tenants.len());
         self.config.store(Arc::new(config));
+        info!(clusters, tenants, "configuration reloaded");
         Ok(())
     }
 

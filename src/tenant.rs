@@ -68,7 +68,6 @@ impl Tenant {
                 .as_ref()
                 .map(|s| s.expose().to_owned()),
             connect_timeout: settings.server_connect_timeout,
-            tls: cluster.tls.clone(),
         };
         let stats = Arc::new(TenantStats::default());
         let servers = Arc::new(ServerRegistry::default());
@@ -176,6 +175,7 @@ impl Tenants {
                 .filter(|c| c.is_same_endpoint(settings));
             let cluster = match kept {
                 Some(cluster) => {
+                    cluster.reload_tls(settings)?;
                     cluster.resize(settings.max_server_connections);
                     cluster.clone()
                 }

@@ -24,10 +24,10 @@ const ALPN_POSTGRESQL: &[u8] = b"postgresql";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
     Pem {
         path: PathBuf,
-        source: rustls_pki_types::pem::Error,
+        cause: rustls_pki_types::pem::Error,
     },
     #[error("{0} holds no certificate")]
     NoCertificate(PathBuf),
@@ -40,9 +40,9 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = |source| TlsError::Pem {
+    let pem = |cause| TlsError::Pem {
         path: path.to_owned(),
-        source,
+        cause,
     };
     let certificates = CertificateDer::pem_file_iter(path)
         .map_err(pem)?
@@ -52,6 +52,16 @@ fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
         return Err(TlsError::NoCertificate(path.to_owned()));
     }
     Ok(certificates)
+}
+
+/// Loads every certificate, key and CA file the configuration names, as startup and
+/// `--check-config` do, so a missing or broken file is reported before anything runs.
+pub fn check(config: &Config) -> Result<(), TlsError> {
+    ClientTls::load(config)?;
+    for cluster in config.clusters.values() {
+        ServerTls::load(cluster)?;
+    }
+    Ok(())
 }
 
 /// What `client_tls` asks for, with the acceptor when it is not disabled.
@@ -74,9 +84,9 @@ impl ClientTls {
             });
         };
         let chain = certificates(cert)?;
-        let key = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::Pem {
+        let key = PrivateKeyDer::from_pem_file(key).map_err(|cause| TlsError::Pem {
             path: key.clone(),
-            source,
+            cause,
         })?;
         let mut server_config = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?

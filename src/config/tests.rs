@@ -158,10 +158,14 @@ fn every_example_config_loads_and_validates() {
             // Deployment examples point at secrets that exist only where they are
             // deployed; every other problem is a broken example.
             let message = e.to_string();
-            let only_missing_secrets = message.lines().all(|line| {
-                line.contains(": cannot read file ") || line.contains(" is not set (")
-            });
-            assert!(only_missing_secrets, "{} does not load:\n{message}", file.display());
+            let only_missing_secrets = message
+                .lines()
+                .all(|line| line.contains(": cannot read file ") || line.contains(" is not set ("));
+            assert!(
+                only_missing_secrets,
+                "{} does not load:\n{message}",
+                file.display()
+            );
         }
     }
 }

@@ -34,8 +34,6 @@ pub struct ServerTarget {
     /// Plaintext password for the server login; `None` works only with `trust`.
     pub password: Option<String>,
     pub connect_timeout: Duration,
-    /// TLS settings of the cluster; `None` for plain TCP.
-    pub tls: Option<Arc<ServerTls>>,
 }
 
 impl std::fmt::Debug for ServerTarget {
@@ -88,10 +86,12 @@ impl From<std::io::Error> for ConnectError {
 /// Opens and authenticates one server connection, within `target.connect_timeout`.
 pub async fn connect(
     target: &ServerTarget,
+    tls: Option<Arc<ServerTls>>,
     budget: BudgetPermit,
     registry: &Arc<ServerRegistry>,
 ) -> Result<ServerConn, ConnectError> {
-    match tokio::time::timeout(target.connect_timeout, login(target, budget, registry)).await {
+    let opened = login(target, tls, budget, registry);
+    match tokio::time::timeout(target.connect_timeout, opened).await {
         Ok(result) => result,
         Err(_) => Err(ConnectError::Timeout(format!("{target:?}"))),
     }
@@ -99,6 +99,7 @@ pub async fn connect(
 
 async fn login(
     target: &ServerTarget,
+    tls: Option<Arc<ServerTls>>,
     budget: BudgetPermit,
     registry: &Arc<ServerRegistry>,
 ) -> Result<ServerConn, ConnectError> {
@@ -110,8 +111,8 @@ async fn login(
         })?;
     tcp.set_nodelay(true)?;
     let addr = tcp.peer_addr()?;
-    let mut stream = match &target.tls {
-        Some(tls) => negotiate_tls(tcp, tls).await?,
+    let mut stream = match tls {
+        Some(tls) => negotiate_tls(tcp, &tls).await?,
         None => Stream::Plain(tcp),
     };
 
