@@ -174,6 +174,10 @@ impl ServerParameters {
     /// SQL that makes this session's settings what `desired` asks for, or `None` when
     /// they already are. Records the new values as if the SQL succeeded.
     pub fn sync_sql(&mut self, desired: &Parameters) -> Option<String> {
+        if self.current == *desired {
+            // The common case on every lease: nothing to compare name by name.
+            return None;
+        }
         let mut set = Vec::new();
         for (name, value) in desired.iter() {
             if self.current.get(name) != Some(value) {

@@ -766,6 +766,11 @@ impl<'a> Relay<'a> {
             return;
         }
         let body = &self.to_server.untranslated()[HEADER_LEN..header.message_len()];
+        // Only DISCARD, DEALLOCATE and RESET matter here; skip everything else cheaply.
+        let first = body.iter().find(|b| !b.is_ascii_whitespace());
+        if !matches!(first, Some(b'd' | b'D' | b'r' | b'R')) {
+            return;
+        }
         let sql = String::from_utf8_lossy(body).to_ascii_lowercase();
         for statement in sql.trim_end_matches('\0').split(';') {
             let words: Vec<&str> = statement.split_whitespace().collect();
