@@ -17,6 +17,12 @@
 //! `try_write`), so a slow reader on one side never stops the other direction from
 //! draining: no proxy-made deadlock when client and server both send a lot at once.
 
+mod buffers;
+mod translate;
+
+use buffers::{reserve_for_read, Ends, Flush, Io, ToClient, ToServer};
+use translate::Resetting;
+
 use super::timeouts::{Deadline, Timeouts};
 use super::SessionError;
 use crate::cancel::CancelTarget;
@@ -25,7 +31,7 @@ use crate::params::Parameters;
 use crate::pool::{self, PooledServer};
 use crate::server::{self, InFlight, ServerConn};
 use crate::shared::{Drain, Pause};
-use crate::statements::{self, ClientStatements, Confirm, Plan, ResponseFilter};
+use crate::statements::{ClientStatements, ResponseFilter};
 use crate::stats::{add_micros, ClientState};
 use crate::stream::Stream;
 use crate::tenant::Tenant;
@@ -33,19 +39,14 @@ use crate::wire::{read_message, ReadError};
 use bytes::{Buf, Bytes, BytesMut};
 use deadpool::managed::Object;
 use sluice_protocol::backend;
-use sluice_protocol::extended::{self, encode_bind, encode_target};
-use sluice_protocol::frame::{backend_header, frontend_header, Header, HEADER_LEN};
+use sluice_protocol::frame::{frontend_header, Header, HEADER_LEN};
 use sluice_protocol::frontend::encode_query;
 use std::collections::VecDeque;
-use std::future::Future;
-use std::pin::{pin, Pin};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, warn};
-
 /// Client read size. Between reads the buffer holds at most a partial message.
 const CLIENT_READ_CHUNK: usize = 8 * 1024;
 /// How much a client may pipeline while it waits for a server connection.
@@ -63,57 +64,6 @@ struct Exchange {
     unsynced: bool,
     copy_in: bool,
     status: u8,
-}
-
-/// Client bytes on their way to the server. Untouched messages are written straight
-/// from `buf` (its first `direct` bytes); once a message had to be rewritten, output is
-/// assembled in `assembled` until that drains, which keeps the order.
-struct ToServer {
-    buf: BytesMut,
-    direct: usize,
-    assembled: BytesMut,
-    /// Bytes of the current message body not yet passed on.
-    body_left: usize,
-    /// A whole message must be buffered before it can be passed on: its total size.
-    need_whole: usize,
-}
-
-impl ToServer {
-    fn pending(&self) -> usize {
-        self.direct + self.assembled.len()
-    }
-
-    /// Passes on `len` untouched bytes at the translation point.
-    fn pass(&mut self, len: usize) {
-        if self.assembled.is_empty() {
-            self.direct += len;
-        } else {
-            self.assembled.extend_from_slice(&self.buf[..len]);
-            self.buf.advance(len);
-        }
-    }
-
-    /// Starts assembled output: what is already direct goes first.
-    fn assemble(&mut self) -> &mut BytesMut {
-        if self.direct > 0 {
-            self.assembled.extend_from_slice(&self.buf[..self.direct]);
-            self.buf.advance(self.direct);
-            self.direct = 0;
-        }
-        &mut self.assembled
-    }
-
-    /// The untranslated bytes.
-    fn untranslated(&self) -> &[u8] {
-        &self.buf[self.direct..]
-    }
-}
-
-/// Server bytes on their way to the client, straight from the server's read buffer.
-#[derive(Default)]
-struct ToClient {
-    forwardable: usize,
-    body_left: usize,
 }
 
 pub struct Relay<'a> {
@@ -142,102 +92,6 @@ pub struct Relay<'a> {
     cancel: &'a Arc<CancelTarget>,
     pause: &'a Pause,
     drain: &'a Drain,
-}
-
-/// What one poll of both connections achieved.
-enum Io {
-    ClientRead(std::io::Result<usize>),
-    ServerRead(std::io::Result<usize>),
-    ClientWrote(std::io::Result<usize>),
-    ServerWrote(std::io::Result<usize>),
-    /// TLS records buffered for the client were sent.
-    Flushed(std::io::Result<()>),
-    /// TLS records buffered for the server were sent.
-    ServerFlushed(std::io::Result<()>),
-}
-
-/// TLS streams buffer records; after a direction's output is written they still need a
-/// flush. Plain TCP never sets these.
-#[derive(Default)]
-struct Flush {
-    client: bool,
-    server: bool,
-}
-
-/// Both connections and the buffers between them, for one poll.
-struct Ends<'s> {
-    client: &'s mut Stream,
-    server: &'s mut ServerConn,
-    to_server: &'s mut ToServer,
-    to_client: &'s ToClient,
-    flush: &'s mut Flush,
-    read_client: bool,
-    read_server: bool,
-}
-
-impl Ends<'_> {
-    /// Tries writes first (they free buffers and let the peers go on), then reads;
-    /// ready with the first that made progress. Cancel-safe: nothing is lost when the
-    /// caller drops the poll between calls.
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Io> {
-        let out = &mut *self.to_server;
-        if out.pending() > 0 {
-            let bytes = if out.assembled.is_empty() {
-                &out.buf[..out.direct]
-            } else {
-                &out.assembled[..]
-            };
-            if let Poll::Ready(r) = Pin::new(&mut self.server.stream).poll_write(cx, bytes) {
-                return Poll::Ready(Io::ServerWrote(r));
-            }
-        } else if self.flush.server {
-            if let Poll::Ready(r) = Pin::new(&mut self.server.stream).poll_flush(cx) {
-                self.flush.server = false;
-                return Poll::Ready(Io::ServerFlushed(r));
-            }
-        }
-        let forwardable = self.to_client.forwardable;
-        if forwardable > 0 {
-            let bytes = &self.server.read_buf[..forwardable];
-            if let Poll::Ready(r) = Pin::new(&mut *self.client).poll_write(cx, bytes) {
-                return Poll::Ready(Io::ClientWrote(r));
-            }
-        } else if self.flush.client {
-            if let Poll::Ready(r) = Pin::new(&mut *self.client).poll_flush(cx) {
-                self.flush.client = false;
-                return Poll::Ready(Io::Flushed(r));
-            }
-        }
-        if self.read_client {
-            let read = self.client.read_buf(&mut self.to_server.buf);
-            if let Poll::Ready(r) = pin!(read).poll(cx) {
-                return Poll::Ready(Io::ClientRead(r));
-            }
-        }
-        if self.read_server {
-            let server = &mut *self.server;
-            let read = server.stream.read_buf(&mut server.read_buf);
-            if let Poll::Ready(r) = pin!(read).poll(cx) {
-                return Poll::Ready(Io::ServerRead(r));
-            }
-        }
-        Poll::Pending
-    }
-}
-
-/// Settings a client is resetting.
-enum Resetting {
-    All,
-    Names(Vec<String>),
-}
-
-impl Resetting {
-    fn covers(&self, name: &str) -> bool {
-        match self {
-            Resetting::All => true,
-            Resetting::Names(names) => names.iter().any(|n| n.eq_ignore_ascii_case(name)),
-        }
-    }
 }
 
 /// Who the relay works for.
@@ -689,335 +543,6 @@ impl<'a> Relay<'a> {
         }
     }
 
-    /// Moves client messages towards the server as far as the buffered bytes allow,
-    /// counting what the server will owe and rewriting statement names.
-    fn translate(&mut self) -> Result<(), SessionError> {
-        loop {
-            let out = &mut self.to_server;
-            if out.body_left > 0 {
-                let take = out.body_left.min(out.untranslated().len());
-                out.pass(take);
-                out.body_left -= take;
-                if out.body_left > 0 {
-                    return Ok(());
-                }
-            }
-            if self.terminated {
-                return Ok(());
-            }
-            let Some(header) = frontend_header(out.untranslated())? else {
-                return Ok(());
-            };
-            let whole = header.message_len();
-            let tracked = self.statements.is_some();
-            let needs_whole = (tracked && matches!(header.tag, b'P' | b'B' | b'D' | b'C'))
-                || (header.tag == b'Q' && header.body_len <= MAX_INSPECTED_QUERY);
-            if needs_whole && out.untranslated().len() < whole {
-                out.need_whole = whole;
-                return Ok(());
-            }
-            out.need_whole = 0;
-            match header.tag {
-                b'X' => {
-                    // Terminate ends the client, not the pooled server session.
-                    let at = out.direct;
-                    out.buf.truncate(at);
-                    self.terminated = true;
-                    return Ok(());
-                }
-                b'Q' | b'F' | b'S' => {
-                    self.exchange.pending_ready += 1;
-                    self.requests_started.push_back(Instant::now());
-                    self.timeouts.request_sent(self.exchange.pending_ready);
-                    self.filter.batch_sent();
-                    if header.tag == b'S' {
-                        self.exchange.unsynced = false;
-                    }
-                    if header.tag == b'Q' {
-                        self.simple_query(&header);
-                    }
-                }
-                b'P' | b'B' | b'E' | b'D' | b'C' | b'H' => self.exchange.unsynced = true,
-                _ => {}
-            }
-            if needs_whole && header.tag != b'Q' && tracked {
-                if self.statement_message(header.tag, whole)? {
-                    continue;
-                }
-                if header.tag == b'C' {
-                    self.filter.close_sent(false);
-                }
-            }
-            let out = &mut self.to_server;
-            out.pass(HEADER_LEN);
-            out.body_left = header.body_len;
-        }
-    }
-
-    /// A short simple query: `DISCARD ALL` and `DEALLOCATE ALL` drop every prepared
-    /// statement, and any simple query drops the unnamed one.
-    fn simple_query(&mut self, header: &Header) {
-        let server: &mut ServerConn = self.server.as_mut().expect("attached");
-        server.statements.set_unnamed(None);
-        if let Some(client) = &mut self.statements {
-            client.forget_unnamed();
-        }
-        if header.body_len > MAX_INSPECTED_QUERY {
-            return;
-        }
-        let body = &self.to_server.untranslated()[HEADER_LEN..header.message_len()];
-        // Only DISCARD, DEALLOCATE and RESET matter here; skip everything else cheaply.
-        let first = body.iter().find(|b| !b.is_ascii_whitespace());
-        if !matches!(first, Some(b'd' | b'D' | b'r' | b'R')) {
-            return;
-        }
-        let sql = String::from_utf8_lossy(body).to_ascii_lowercase();
-        for statement in sql.trim_end_matches('\0').split(';') {
-            let words: Vec<&str> = statement.split_whitespace().collect();
-            match words[..] {
-                ["discard", "all"] | ["deallocate", "all"] => {
-                    server.statements.clear();
-                    if let Some(client) = &mut self.statements {
-                        client.clear();
-                    }
-                }
-                _ => {}
-            }
-            // PostgreSQL resets settings to the session's startup values; the server
-            // connection has other ones, so sluice restores the client's (re-applied
-            // at its next lease) and keeps the server's reports from overriding them.
-            match words[..] {
-                ["discard", "all"] | ["reset", "all"] => {
-                    server.params.reset_to_login();
-                    self.desired = self.startup.clone();
-                    self.resetting = Resetting::All;
-                }
-                ["reset", name] => {
-                    server.params.current.forget(name);
-                    self.desired
-                        .restore(name, &self.startup, &server.params.login);
-                    if let Resetting::Names(names) = &mut self.resetting {
-                        names.push(name.to_owned());
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-
-    /// Handles a complete Parse, Bind, Describe or Close at the translation point.
-    /// Returns true when the message was replaced by its rewrite (already in the
-    /// output), false to pass it on as is (after anything injected before it).
-    fn statement_message(&mut self, tag: u8, whole: usize) -> Result<bool, SessionError> {
-        let server = &mut self.server.as_mut().expect("attached").statements;
-        let client = self.statements.as_mut().expect("tracking statements");
-        let capacity = self.tenant.settings.max_prepared_statements as usize;
-        let message = &self.to_server.untranslated()[..whole];
-        let body = &message[HEADER_LEN..];
-        let mut name_in_use = false;
-        let plan = match tag {
-            b'P' => {
-                let parse = extended::parse_parse(body)?;
-                if parse.statement.is_empty() {
-                    server.set_unnamed(None);
-                    let owner = client.remember_unnamed(message);
-                    self.filter.parse_sent(false, Confirm::Unnamed(owner));
-                    return Ok(false);
-                }
-                if client.get(parse.statement).is_some() {
-                    // PostgreSQL refuses a name in use (42P05) and keeps the statement:
-                    // make sure the server has it, then ask it to prepare it again.
-                    name_in_use = true;
-                    Plan::for_use(server, client, capacity, parse.statement)
-                } else {
-                    // The client's own Parse: its ParseComplete is the client's to see,
-                    // and the name stays known only if the server accepts it.
-                    let name = Bytes::copy_from_slice(parse.statement);
-                    let statement = client.prepare(parse.statement, parse.rest);
-                    Plan::prepare(server, capacity, statement, Some(name))
-                }
-            }
-            b'B' => {
-                let bind = extended::parse_bind(body)?;
-                Plan::for_use(server, client, capacity, bind.statement)
-            }
-            b'D' => {
-                let target = extended::parse_target(body)?;
-                if !target.is_statement() {
-                    return Ok(false);
-                }
-                Plan::for_use(server, client, capacity, target.name)
-            }
-            _ => {
-                let target = extended::parse_target(body)?;
-                if !target.is_statement() {
-                    self.filter.close_sent(false);
-                    return Ok(false);
-                }
-                if target.name.is_empty() {
-                    server.set_unnamed(None);
-                    client.forget_unnamed();
-                    self.filter.close_sent(false);
-                    return Ok(false);
-                }
-                let Some(statement) = client.close(target.name) else {
-                    self.filter.close_sent(false);
-                    return Ok(false);
-                };
-                server.forget(&statement.server_name);
-                Plan {
-                    rename: Some(statement.server_name.clone()),
-                    ..Plan::default()
-                }
-            }
-        };
-        if matches!(tag, b'B' | b'D') && plan.rename.is_some() {
-            let stats = &self.tenant.stats;
-            let counter = if plan.parse.is_some() {
-                &stats.prepared_misses
-            } else {
-                &stats.prepared_hits
-            };
-            counter.fetch_add(1, Relaxed);
-        }
-        if plan.is_nothing() {
-            if tag == b'C' {
-                self.filter.close_sent(false);
-            }
-            return Ok(false);
-        }
-        let out = &mut self.to_server;
-        let assembled = out.assemble();
-        for name in plan.close.iter().flatten() {
-            statements::encode_close_statement(assembled, name);
-            self.filter.close_sent(true);
-        }
-        if let Some((parse, confirm, swallow)) = plan.parse {
-            assembled.extend_from_slice(&parse);
-            self.filter.parse_sent(swallow, confirm);
-        }
-        // A new named Parse was replaced by its server-side form above; a Bind, Describe,
-        // Close, or a Parse of a name in use, is replaced when it names a statement
-        // sluice renamed.
-        let server_name = match (tag, plan.rename) {
-            (b'P', _) if !name_in_use => Bytes::new(),
-            (_, Some(server_name)) => server_name,
-            (_, None) => return Ok(false),
-        };
-        let message = out.buf.split_to(whole);
-        let body = &message[HEADER_LEN..];
-        match tag {
-            b'P' if name_in_use => {
-                let parse = extended::parse_parse(body)?;
-                extended::encode_parse(&mut out.assembled, &server_name, parse.rest);
-                let confirm = Confirm::Prepared {
-                    server_name,
-                    client: None,
-                };
-                self.filter.parse_sent(false, confirm);
-            }
-            b'P' => {}
-            b'B' => {
-                let bind = extended::parse_bind(body)?;
-                encode_bind(&mut out.assembled, bind.portal, &server_name, bind.rest);
-            }
-            b'D' => encode_target(&mut out.assembled, b'D', b'S', &server_name),
-            _ => {
-                statements::encode_close_statement(&mut out.assembled, &server_name);
-                self.filter.close_sent(false);
-            }
-        }
-        Ok(true)
-    }
-
-    /// Classifies the server's complete headers: counts ReadyForQuery, notes COPY IN, and
-    /// drops the answers to messages sluice injected.
-    fn scan_server(&mut self) -> Result<(), SessionError> {
-        let Some(server) = self.server.as_mut() else {
-            return Ok(());
-        };
-        let server: &mut ServerConn = server;
-        let to_client = &mut self.to_client;
-        loop {
-            let buf = &server.read_buf;
-            if to_client.body_left > 0 {
-                let take = to_client.body_left.min(buf.len() - to_client.forwardable);
-                to_client.forwardable += take;
-                to_client.body_left -= take;
-                if to_client.body_left > 0 {
-                    return Ok(());
-                }
-            }
-            let rest = &buf[to_client.forwardable..];
-            let header = match backend_header(rest) {
-                Ok(Some(header)) => header,
-                Ok(None) => return Ok(()),
-                Err(e) => {
-                    return Err(SessionError::ServerLost(format!(
-                        "malformed server message: {e}"
-                    )))
-                }
-            };
-            match header.tag {
-                b'Z' => {
-                    if rest.len() < READY_FOR_QUERY_LEN {
-                        return Ok(());
-                    }
-                    self.exchange.status = rest[HEADER_LEN];
-                    self.exchange.pending_ready = self.exchange.pending_ready.saturating_sub(1);
-                    self.exchange.copy_in = false;
-                    self.filter.batch_done(self.statements.as_mut());
-                    if self.exchange.pending_ready == 0 {
-                        self.resetting = Resetting::Names(Vec::new());
-                    }
-                    self.timeouts.ready_received(self.exchange.pending_ready);
-                    if let Some(sent) = self.requests_started.pop_front() {
-                        let took = sent.elapsed();
-                        let stats = &self.tenant.stats;
-                        stats.queries.fetch_add(1, Relaxed);
-                        add_micros(&stats.query_micros, took);
-                        self.tenant.cluster.metrics.query.record(took.as_secs_f64());
-                    }
-                }
-                b'G' => self.exchange.copy_in = true,
-                b'S' => {
-                    // The client's own SET (or its rollback): follow it to the next server.
-                    let whole = header.message_len();
-                    if rest.len() < whole {
-                        return Ok(());
-                    }
-                    let parsed = backend::parse_parameter_status(&rest[HEADER_LEN..whole]);
-                    let (name, value) = parsed.map_err(|e| {
-                        SessionError::ServerLost(format!("malformed server message: {e}"))
-                    })?;
-                    server.params.current.set(name, value);
-                    if !self.resetting.covers(name) {
-                        self.desired.set(name, value);
-                    }
-                }
-                b'1' | b'3' => {
-                    // Answers must be matched in order, so one to swallow waits until
-                    // everything before it has been written to the client.
-                    if self.filter.may_swallow() && to_client.forwardable > 0 {
-                        return Ok(());
-                    }
-                    let swallow = if header.tag == b'1' {
-                        self.filter.parse_complete(&mut server.statements)
-                    } else {
-                        self.filter.close_complete()
-                    };
-                    if swallow {
-                        server.read_buf.advance(HEADER_LEN);
-                        continue;
-                    }
-                }
-                _ => {}
-            }
-            to_client.forwardable += HEADER_LEN;
-            to_client.body_left = header.body_len;
-        }
-    }
-
     /// The server connection failed: it is closed rather than returned to the pool.
     fn server_lost(&mut self, why: &str) -> SessionError {
         if let Some(server) = self.server.take() {
@@ -1028,16 +553,6 @@ impl<'a> Relay<'a> {
             drop(Object::take(server));
         }
         SessionError::ServerLost(why.to_owned())
-    }
-}
-
-/// Makes room for one read of `chunk` bytes, reusing the buffer's allocation when it is
-/// drained.
-fn reserve_for_read(buf: &mut BytesMut, chunk: usize) {
-    if buf.capacity() - buf.len() < chunk.min(CLIENT_READ_CHUNK) / 4
-        || buf.capacity() - buf.len() < chunk / 2
-    {
-        buf.reserve(chunk);
     }
 }
 
