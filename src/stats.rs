@@ -102,8 +102,10 @@ pub struct ClientInfo {
     pub application_name: String,
     pub connected_at: SystemTime,
     state: AtomicU8,
-    /// When the current state began.
-    since: Mutex<Instant>,
+    /// When the client connected, the base of `since`.
+    base: Instant,
+    /// When the current state began, in microseconds after `base`.
+    since: AtomicU64,
     /// Backend pid of the server connection held, 0 for none.
     pub server_pid: AtomicI32,
 }
@@ -124,14 +126,16 @@ impl ClientInfo {
             application_name: application_name.to_owned(),
             connected_at: SystemTime::now(),
             state: AtomicU8::new(ClientState::Idle as u8),
-            since: Mutex::new(Instant::now()),
+            base: Instant::now(),
+            since: AtomicU64::new(0),
             server_pid: AtomicI32::new(0),
         }
     }
 
     pub fn set_state(&self, state: ClientState, at: Instant) {
         self.state.store(state as u8, Relaxed);
-        *self.since.lock().unwrap_or_else(PoisonError::into_inner) = at;
+        let micros = at.saturating_duration_since(self.base).as_micros() as u64;
+        self.since.store(micros, Relaxed);
     }
 
     pub fn state(&self) -> ClientState {
@@ -144,10 +148,8 @@ impl ClientInfo {
 
     /// How long the client has been in its current state.
     pub fn in_state_for(&self) -> Duration {
-        self.since
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .elapsed()
+        let since = Duration::from_micros(self.since.load(Relaxed));
+        self.base.elapsed().saturating_sub(since)
     }
 }
 
