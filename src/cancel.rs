@@ -13,7 +13,7 @@
 //!
 //! See <https://www.postgresql.org/docs/current/protocol-flow.html#PROTOCOL-FLOW-CANCELING-REQUESTS>.
 
-use crate::stats::ClientInfo;
+use crate::stats::{ClientInfo, ClientState};
 use bytes::BytesMut;
 use sluice_protocol::startup::{encode_cancel_request, CancelKey};
 use std::collections::HashMap;
@@ -90,6 +90,20 @@ impl CancelRegistry {
             .collect();
         clients.sort_by_key(|c| c.id);
         clients
+    }
+
+    /// Longest current wait for a server connection, per tenant (database, user).
+    pub fn longest_waits(&self) -> HashMap<(String, String), Duration> {
+        let mut waits: HashMap<(String, String), Duration> = HashMap::new();
+        for target in lock(&self.clients).values() {
+            let client = &target.client;
+            if client.state() == ClientState::Waiting {
+                let key = (client.database.clone(), client.user.clone());
+                let longest = waits.entry(key).or_default();
+                *longest = (*longest).max(client.in_state_for());
+            }
+        }
+        waits
     }
 
     /// Disconnects every client of `database` (admin `KILL`); returns how many.

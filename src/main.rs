@@ -94,7 +94,6 @@ fn run_command(args: Args) -> anyhow::Result<()> {
 
 fn load(path: &std::path::Path) -> anyhow::Result<Config> {
     let config = Config::load(path)?;
-    config.validate()?;
     tls::check(&config)?;
     Ok(config)
 }

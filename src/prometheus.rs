@@ -6,7 +6,6 @@
 //! three states each, and twelve single series).
 
 use crate::shared::Shared;
-use crate::stats::ClientState;
 use crate::tenant::Tenant;
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use std::collections::HashMap;
@@ -54,24 +53,10 @@ pub fn render(shared: &Shared) -> String {
     }
     let mut out = shared.metrics.render();
     let all: Vec<&Arc<Tenant>> = tenants.iter().collect();
-    let max_waits = longest_waits(shared);
+    let max_waits = shared.clients.longest_waits();
     render_tenants(&mut out, &all, &max_waits);
     render_process(&mut out, shared);
     out
-}
-
-/// Longest current wait for a server connection, per (database, user).
-fn longest_waits(shared: &Shared) -> HashMap<(String, String), f64> {
-    let mut waits: HashMap<(String, String), f64> = HashMap::new();
-    for client in shared.clients.clients() {
-        if client.state() == ClientState::Waiting {
-            let waited = client.in_state_for().as_secs_f64();
-            let key = (client.database.clone(), client.user.clone());
-            let longest = waits.entry(key).or_default();
-            *longest = longest.max(waited);
-        }
-    }
-    waits
 }
 
 type Read = fn(&Tenant) -> f64;
@@ -87,7 +72,7 @@ fn count(counter: &AtomicU64) -> f64 {
 fn render_tenants(
     out: &mut String,
     tenants: &[&Arc<Tenant>],
-    max_waits: &HashMap<(String, String), f64>,
+    max_waits: &HashMap<(String, String), Duration>,
 ) {
     let client_states: [(&str, Read); 3] = [
         ("active", |t| count(&t.stats.clients_active)),
@@ -222,7 +207,7 @@ fn render_tenants(
             tenant.settings.database.clone(),
             tenant.settings.user.clone(),
         );
-        let longest = max_waits.get(&key).copied().unwrap_or(0.0);
+        let longest = max_waits.get(&key).map_or(0.0, Duration::as_secs_f64);
         sample(out, name, tenant, None, longest);
     }
 }

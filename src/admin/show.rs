@@ -101,19 +101,6 @@ fn load(counter: &AtomicU64) -> u64 {
     counter.load(Relaxed)
 }
 
-/// Longest current wait per tenant (database, user).
-fn longest_waits(shared: &Shared) -> BTreeMap<(String, String), Duration> {
-    let mut waits: BTreeMap<(String, String), Duration> = BTreeMap::new();
-    for client in shared.clients.clients() {
-        if client.state() == ClientState::Waiting {
-            let key = (client.database.clone(), client.user.clone());
-            let longest = waits.entry(key).or_default();
-            *longest = (*longest).max(client.in_state_for());
-        }
-    }
-    waits
-}
-
 fn pools(shared: &Shared, tenants: &[Arc<Tenant>]) -> Table {
     let mut table = Table::new(&[
         "database",
@@ -134,7 +121,7 @@ fn pools(shared: &Shared, tenants: &[Arc<Tenant>]) -> Table {
         "pool_mode",
         "load_balance_hosts",
     ]);
-    let waits = longest_waits(shared);
+    let waits = shared.clients.longest_waits();
     for tenant in tenants {
         let s = &tenant.settings;
         let status = tenant.pool.status();

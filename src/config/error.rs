@@ -30,7 +30,7 @@ pub enum ConfigError {
     /// The file is not TOML, or a key is unknown, missing or of the wrong type.
     #[error("{0}")]
     Parse(Problems),
-    /// The values parse but break a rule (see `Config::validate`).
+    /// The values parse but break a rule (see `validate.rs`).
     #[error("{0}")]
     Invalid(Problems),
 }

@@ -4,7 +4,7 @@
 //! A configuration comes from one TOML file (`--config`) with every key
 //! overridable by an environment variable `SLUICE_<KEY>`, nested keys joined
 //! by `__` (see [`Config::load`] in `load.rs`). It is checked as a whole by
-//! [`Config::validate`] (`validate.rs`) before anything uses it: a `Config`
+//! the rules in `validate.rs` before anything uses it: a `Config`
 //! returned by `load` is always valid.
 //!
 //! Invariants: every struct rejects unknown keys; secrets are [`Secret`]s and

@@ -1,4 +1,4 @@
-//! `Config::validate`: the rules a parsed configuration must follow before
+//! Validation: the rules a parsed configuration must follow before
 //! sluice serves with it. All problems are reported at once, each naming its
 //! key and where the value came from.
 
@@ -6,30 +6,18 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::error::{Problem, Problems};
+use super::error::Problem;
 use super::{
-    AuthType, ClientTlsMode, Config, ConfigError, Origin, PasswordKind, Secret, ServerTlsMode,
-    TenantConfig,
+    AuthType, ClientTlsMode, Config, Origin, PasswordKind, Secret, ServerTlsMode, TenantConfig,
 };
 
 /// Database names that reach the admin console instead of a tenant.
 const RESERVED_DATABASES: [&str; 2] = ["sluice", "pgbouncer"];
 
 impl Config {
-    /// Checks the rules no type can express: references between sections,
-    /// uniqueness, ranges, address syntax, and that passwords suit the
-    /// authentication they are used with. [`Config::load`] calls it; call it
-    /// again only for a configuration built in code.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let problems = self.problems();
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid(Problems(problems)))
-        }
-    }
-
-    /// Every rule this configuration breaks; see [`Config::validate`].
+    /// Every rule this configuration breaks that no type can express: references
+    /// between sections, uniqueness, ranges, address syntax, and that passwords suit
+    /// the authentication they are used with. [`Config::load`] reports them.
     pub(super) fn problems(&self) -> Vec<Problem> {
         let mut check = Checker {
             origin: &self.origin,
