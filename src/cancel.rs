@@ -24,6 +24,7 @@ use std::time::Duration;
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 use tracing::{debug, info};
 
@@ -236,17 +237,15 @@ impl CancelTarget {
         }
     }
 
-    /// Resolves when the admin console kills this client. Cancel-safe.
-    pub async fn killed(&self) {
-        loop {
-            let kill = self.kill.notified();
-            tokio::pin!(kill);
-            kill.as_mut().enable();
-            if self.killed.load(Ordering::Relaxed) {
-                return;
-            }
-            kill.await;
-        }
+    /// True once the admin console has killed this client.
+    pub fn is_killed(&self) -> bool {
+        self.killed.load(Ordering::Relaxed)
+    }
+
+    /// A wake-up for `is_killed` turning true; it must be registered (polled) before
+    /// the flag is read, or a kill in between goes unnoticed.
+    pub fn kill_notified(&self) -> Notified<'_> {
+        self.kill.notified()
     }
 
     /// Resolves once no forwarded cancel is in flight. Cancel-safe.

@@ -19,26 +19,48 @@ use std::fmt::Write;
 use std::sync::Arc;
 
 /// Parameter values by name; names compare case-insensitively, as PostgreSQL's do.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+///
+/// Copies share one map until one of them changes. Most clients and server connections
+/// of a tenant have equal sets, and every lease compares the client's with the server
+/// connection's: once two equal sets were compared they share the map (`share`), and
+/// later comparisons are a pointer compare.
+#[derive(Clone, Debug, Default, Eq)]
 pub struct Parameters {
     /// Lowercased name → (name as first seen, value).
-    values: BTreeMap<String, (String, String)>,
+    values: Arc<BTreeMap<String, (String, String)>>,
+}
+
+impl PartialEq for Parameters {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.values, &other.values) || self.values == other.values
+    }
 }
 
 impl Parameters {
     pub fn set(&mut self, name: &str, value: &str) {
-        match self.values.get_mut(&name.to_ascii_lowercase()) {
-            Some((_, current)) => {
-                if current != value {
-                    value.clone_into(current);
-                }
+        let key = name.to_ascii_lowercase();
+        match self.values.get(&key) {
+            Some((_, current)) if current == value => {}
+            Some(_) => {
+                let (_, current) = Arc::make_mut(&mut self.values)
+                    .get_mut(&key)
+                    .expect("present above");
+                value.clone_into(current);
             }
             None => {
-                self.values.insert(
-                    name.to_ascii_lowercase(),
-                    (name.to_owned(), value.to_owned()),
-                );
+                Arc::make_mut(&mut self.values).insert(key, (name.to_owned(), value.to_owned()));
             }
+        }
+    }
+
+    /// Makes two equal sets share one map, the one at the lower address, so that every
+    /// set meeting others converges on a single copy. Only for equal sets.
+    fn share(&mut self, other: &mut Parameters) {
+        debug_assert!(*self == *other);
+        if Arc::as_ptr(&self.values) < Arc::as_ptr(&other.values) {
+            other.values = self.values.clone();
+        } else {
+            self.values = other.values.clone();
         }
     }
 
@@ -53,7 +75,10 @@ impl Parameters {
     }
 
     fn remove(&mut self, name: &str) {
-        self.values.remove(&name.to_ascii_lowercase());
+        let key = name.to_ascii_lowercase();
+        if self.values.contains_key(&key) {
+            Arc::make_mut(&mut self.values).remove(&key);
+        }
     }
 
     /// Forgets what is known of `name`, so the next sync sets it whatever it is.
@@ -173,9 +198,11 @@ impl ServerParameters {
 
     /// SQL that makes this session's settings what `desired` asks for, or `None` when
     /// they already are. Records the new values as if the SQL succeeded.
-    pub fn sync_sql(&mut self, desired: &Parameters) -> Option<String> {
+    pub fn sync_sql(&mut self, desired: &mut Parameters) -> Option<String> {
         if self.current == *desired {
-            // The common case on every lease: nothing to compare name by name.
+            // The common case on every lease: nothing to compare name by name, and from
+            // now on not even the maps.
+            self.current.share(desired);
             return None;
         }
         let mut set = Vec::new();
@@ -294,21 +321,34 @@ mod tests {
         let mut first = login.clone();
         first.set("application_name", "it's");
         first.set("search_path", "s_a");
-        let sql = server.sync_sql(&first).unwrap();
+        let sql = server.sync_sql(&mut first).unwrap();
         assert_eq!(
             sql,
             "SELECT pg_catalog.set_config($s$application_name$s$, $s$it's$s$, false), \
              pg_catalog.set_config($s$search_path$s$, $s$s_a$s$, false);"
         );
-        assert_eq!(server.sync_sql(&first), None, "already in sync");
-        let second = login.clone();
-        let sql = server.sync_sql(&second).unwrap();
+        assert_eq!(server.sync_sql(&mut first), None, "already in sync");
+        let mut second = login.clone();
+        let sql = server.sync_sql(&mut second).unwrap();
         assert!(
             sql.contains("set_config($s$application_name$s$, $s$$s$, false)"),
             "{sql}"
         );
         assert!(sql.ends_with("RESET \"search_path\";"), "{sql}");
-        assert_eq!(server.sync_sql(&second), None);
+        assert_eq!(server.sync_sql(&mut second), None);
+    }
+
+    #[test]
+    fn equal_sets_compared_once_share_their_map_and_part_on_change() {
+        let login = params(&[("application_name", ""), ("TimeZone", "UTC")]);
+        let mut server = ServerParameters::new(login.clone());
+        let mut client = params(&[("TimeZone", "UTC"), ("application_name", "")]);
+        assert!(!Arc::ptr_eq(&server.current.values, &client.values));
+        assert_eq!(server.sync_sql(&mut client), None);
+        assert!(Arc::ptr_eq(&server.current.values, &client.values));
+        client.set("application_name", "app");
+        assert_eq!(server.current.get("application_name"), Some(""));
+        assert_eq!(client.get("application_name"), Some("app"));
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::SystemTime;
+use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 use tracing::info;
 
@@ -120,6 +121,10 @@ impl Pause {
 
     /// Waits until neither everything nor `tenant` is paused. Cancel-safe.
     pub async fn wait_resumed(&self, tenant: &Tenant) {
+        // Every checkout passes here: not paused, it takes no lock on the shared `Notify`.
+        if !self.is_paused(tenant) {
+            return;
+        }
         loop {
             let resumed = self.resumed.notified();
             tokio::pin!(resumed);
@@ -152,6 +157,12 @@ impl Drain {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Relaxed)
+    }
+
+    /// A wake-up for `is_draining` turning true; it must be registered (polled) before
+    /// the flag is read, or a start in between goes unnoticed.
+    pub fn notified(&self) -> Notified<'_> {
+        self.started.notified()
     }
 
     /// Resolves once draining has started. Cancel-safe.

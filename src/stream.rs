@@ -32,6 +32,15 @@ impl Stream {
         }
     }
 
+    /// The socket of a plain connection, where (unlike under TLS) no decrypted bytes can
+    /// wait above the socket, so its readiness is the stream's.
+    pub fn as_plain(&self) -> Option<&TcpStream> {
+        match self {
+            Stream::Plain(tcp) => Some(tcp),
+            _ => None,
+        }
+    }
+
     pub fn is_tls(&self) -> bool {
         matches!(self, Stream::ClientTls(_) | Stream::ServerTls(_))
     }

@@ -6,6 +6,7 @@ use super::CLIENT_READ_CHUNK;
 use crate::server::ServerConn;
 use crate::stream::Stream;
 use bytes::{Buf, BytesMut};
+use std::cell::RefCell;
 use std::future::Future;
 use std::pin::{pin, Pin};
 use std::task::{Context, Poll};
@@ -151,4 +152,37 @@ pub(super) fn reserve_for_read(buf: &mut BytesMut, chunk: usize) {
     {
         buf.reserve(chunk);
     }
+}
+
+/// Free client read buffers kept per worker thread, so that a client going idle can give
+/// its buffer up (idle clients then hold none; PgBouncer does the same with its slab of
+/// packet buffers) without a busy client allocating one per transaction. A cache of free
+/// memory like the allocator's own: no state anything could observe.
+const CACHED_READ_BUFFERS: usize = 64;
+
+thread_local! {
+    static FREE_READ_BUFFERS: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A drained read buffer, empty, of at least `CLIENT_READ_CHUNK` bytes.
+pub(super) fn take_read_buffer() -> BytesMut {
+    FREE_READ_BUFFERS
+        .with_borrow_mut(Vec::pop)
+        .unwrap_or_else(|| BytesMut::with_capacity(CLIENT_READ_CHUNK))
+}
+
+/// Gives an empty read buffer back; only ones of the usual size are kept.
+pub(super) fn give_back_read_buffer(mut buf: BytesMut) {
+    debug_assert!(buf.is_empty());
+    buf.clear();
+    // Reclaims the bytes already read past, which needs sole ownership: a buffer whose
+    // allocation is still shared (a split-off message alive elsewhere) is not kept.
+    if !buf.try_reclaim(CLIENT_READ_CHUNK) || buf.capacity() > 2 * CLIENT_READ_CHUNK {
+        return;
+    }
+    FREE_READ_BUFFERS.with_borrow_mut(|free| {
+        if free.len() < CACHED_READ_BUFFERS {
+            free.push(buf);
+        }
+    });
 }

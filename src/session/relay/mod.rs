@@ -18,9 +18,13 @@
 //! draining: no proxy-made deadlock when client and server both send a lot at once.
 
 mod buffers;
+mod interrupts;
 mod translate;
 
-use buffers::{reserve_for_read, Ends, Flush, Io, ToClient, ToServer};
+use buffers::{
+    give_back_read_buffer, reserve_for_read, take_read_buffer, Ends, Flush, Io, ToClient, ToServer,
+};
+use interrupts::Interrupts;
 use translate::Resetting;
 
 use super::timeouts::{Deadline, Timeouts};
@@ -42,6 +46,8 @@ use sluice_protocol::backend;
 use sluice_protocol::frame::{frontend_header, Header, HEADER_LEN};
 use sluice_protocol::frontend::encode_query;
 use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::pin::pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -253,6 +259,17 @@ impl<'a> Relay<'a> {
     }
 
     async fn relay(&mut self) -> Result<(), SessionError> {
+        // Registered once for the whole session, not on every wait (see `interrupts`).
+        let (cancel, drain, retired) = (&**self.cancel, self.drain, &self.tenant.retired);
+        let mut killed = pin!(cancel.kill_notified());
+        let mut draining = pin!(drain.notified());
+        let mut removed = pin!(retired.notified());
+        let interrupts = &mut Interrupts::new(
+            cancel,
+            drain,
+            retired,
+            [killed.as_mut(), draining.as_mut(), removed.as_mut()],
+        );
         if self.server.is_some() {
             self.sync_parameters().await?;
         }
@@ -260,10 +277,10 @@ impl<'a> Relay<'a> {
             if self.server.is_none() {
                 match frontend_header(self.to_server.untranslated())? {
                     Some(Header { tag: b'X', .. }) => return Ok(()),
-                    Some(_) => self.attach().await?,
+                    Some(_) => self.attach(interrupts).await?,
                     None if self.terminated => return Ok(()),
                     None => {
-                        self.wait_idle().await?;
+                        self.wait_idle(interrupts).await?;
                         continue;
                     }
                 }
@@ -287,25 +304,48 @@ impl<'a> Relay<'a> {
             } else if self.terminated && self.to_server.pending() == 0 {
                 return Ok(());
             }
-            self.wait_and_transfer().await?;
+            self.wait_and_transfer(interrupts).await?;
         }
     }
 
     /// No server connection: waits for the client (bounded by `client_idle_timeout`).
-    async fn wait_idle(&mut self) -> Result<(), SessionError> {
+    async fn wait_idle(&mut self, interrupts: &mut Interrupts<'_, '_>) -> Result<(), SessionError> {
         if std::mem::take(&mut self.flush.client) {
             self.client.flush().await.map_err(SessionError::ClientIo)?;
         }
         let deadline = self.timeouts.idle_deadline(false);
+        if self.to_server.buf.is_empty() {
+            if let Some(tcp) = self.client.as_plain() {
+                // Nothing buffered: the idle client holds no read buffer while it is silent.
+                give_back_read_buffer(std::mem::take(&mut self.to_server.buf));
+                tokio::select! {
+                    biased;
+                    error = poll_fn(|cx| interrupts.poll(cx, true)) => return Err(error),
+                    () = Deadline::sleep(deadline) => return Err(self.timeouts.expired(false)),
+                    ready = tcp.readable() => ready.map_err(SessionError::ClientIo)?,
+                }
+                let mut buf = take_read_buffer();
+                let read = tcp.try_read_buf(&mut buf);
+                self.to_server.buf = buf;
+                match read {
+                    Ok(n) => self.client_read(n),
+                    // A spurious readiness; the caller waits again.
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(SessionError::ClientIo(e)),
+                }
+                return Ok(());
+            }
+        }
         let buf = &mut self.to_server.buf;
         let wanted = self.to_server.need_whole.saturating_sub(buf.len());
         reserve_for_read(buf, CLIENT_READ_CHUNK.max(wanted));
+        // Biased, interrupts first: they cost two atomic loads and must win over a
+        // client that never stops sending. Every branch is cancel-safe.
         let read = tokio::select! {
-            read = self.client.read_buf(buf) => read.map_err(SessionError::ClientIo)?,
+            biased;
+            error = poll_fn(|cx| interrupts.poll(cx, true)) => return Err(error),
             () = Deadline::sleep(deadline) => return Err(self.timeouts.expired(false)),
-            () = self.cancel.killed() => return Err(SessionError::Killed),
-            () = self.drain.started() => return Err(SessionError::ShuttingDown),
-            () = self.tenant.retired.started() => return Err(SessionError::TenantRemoved),
+            read = self.client.read_buf(buf) => read.map_err(SessionError::ClientIo)?,
         };
         self.client_read(read);
         Ok(())
@@ -327,7 +367,10 @@ impl<'a> Relay<'a> {
     /// Waits until bytes can move on either connection, or a timer fires, and moves
     /// them: one read or write per call. Each direction reads only when what it read
     /// before has been passed on, which bounds the buffers.
-    async fn wait_and_transfer(&mut self) -> Result<(), SessionError> {
+    async fn wait_and_transfer(
+        &mut self,
+        interrupts: &mut Interrupts<'_, '_>,
+    ) -> Result<(), SessionError> {
         let read_client = self.to_server.pending() == 0 && !self.terminated;
         let read_server = self.to_client.forwardable == 0;
         let in_transaction = self.exchange.status != b'I';
@@ -359,13 +402,12 @@ impl<'a> Relay<'a> {
             read_server,
         };
         let io = std::future::poll_fn(|cx| ends.poll(cx));
+        // Biased: interrupts, then timers, then I/O, so a connection that always has
+        // bytes to move cannot starve a kill or a query timeout. Every branch is
+        // cancel-safe (`Ends::poll` loses nothing when dropped between calls).
         let event = tokio::select! {
-            event = io => event,
-            () = self.cancel.killed() => return Err(SessionError::Killed),
-            () = self.drain.started(), if releasable => return Err(SessionError::ShuttingDown),
-            () = self.tenant.retired.started(), if releasable => {
-                return Err(SessionError::TenantRemoved)
-            }
+            biased;
+            error = poll_fn(|cx| interrupts.poll(cx, releasable)) => return Err(error),
             () = Deadline::sleep(deadline) => {
                 if busy {
                     self.timeouts.query_cancelled();
@@ -375,6 +417,7 @@ impl<'a> Relay<'a> {
                 }
                 return Err(self.timeouts.expired(in_transaction));
             }
+            event = io => event,
         };
         let server_is_tls = self.server.as_ref().is_some_and(|s| s.stream.is_tls());
         match event {
@@ -427,14 +470,14 @@ impl<'a> Relay<'a> {
 
     /// Leases a server connection for the client's pending messages. While waiting, the
     /// client may go on sending (bounded); its disconnect or a cancel request aborts the wait.
-    async fn attach(&mut self) -> Result<(), SessionError> {
+    async fn attach(&mut self, interrupts: &mut Interrupts<'_, '_>) -> Result<(), SessionError> {
         let tenant = self.tenant;
         let cancel = self.cancel;
         let wait = tenant.settings.query_wait_timeout;
         let started = Instant::now();
         cancel.client.set_state(ClientState::Waiting, started);
         tenant.stats.clients_waiting.fetch_add(1, Relaxed);
-        let leased = self.wait_for_server(wait).await;
+        let leased = self.wait_for_server(wait, interrupts).await;
         tenant.stats.clients_waiting.fetch_sub(1, Relaxed);
         cancel.set_waiting(false);
         let leased = match leased {
@@ -461,7 +504,11 @@ impl<'a> Relay<'a> {
     }
 
     /// Waits (while paused, then for a pool slot) for a server connection.
-    async fn wait_for_server(&mut self, wait: Duration) -> Result<PooledServer, SessionError> {
+    async fn wait_for_server(
+        &mut self,
+        wait: Duration,
+        interrupts: &mut Interrupts<'_, '_>,
+    ) -> Result<PooledServer, SessionError> {
         let tenant = self.tenant;
         let cancel = self.cancel;
         let resumed = self.pause.wait_resumed(tenant);
@@ -480,7 +527,7 @@ impl<'a> Relay<'a> {
                 () = cancel.cancelled_while_waiting() => {
                     return Err(SessionError::CancelledWhileWaiting);
                 }
-                () = cancel.killed() => return Err(SessionError::Killed),
+                error = poll_fn(|cx| interrupts.poll(cx, false)) => return Err(error),
                 read = self.client.read_buf(&mut self.to_server.buf), if watch_client => {
                     match read.map_err(SessionError::ClientIo)? {
                         0 => return Err(SessionError::ClientGone),
@@ -496,7 +543,7 @@ impl<'a> Relay<'a> {
     /// one round trip before any of the client's messages.
     async fn sync_parameters(&mut self) -> Result<(), SessionError> {
         let server: &mut ServerConn = self.server.as_mut().expect("attached");
-        let Some(sql) = server.params.sync_sql(&self.desired) else {
+        let Some(sql) = server.params.sync_sql(&mut self.desired) else {
             return Ok(());
         };
         let mut out = BytesMut::with_capacity(sql.len() + 8);
