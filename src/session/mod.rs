@@ -41,7 +41,10 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, id: u64, shared: &Shared) {
     async {
         let _ = tcp.set_nodelay(true);
         let mut stream = Stream::Plain(tcp);
-        let started = start(&mut stream, peer, id, shared).await;
+        // The login, the relay and the console are boxed: the task then holds only what
+        // the current phase needs (the login's state is freed once it is done, and no
+        // idle client carries it), and spawning copies a small future, not all of them.
+        let started = Box::pin(start(&mut stream, peer, id, shared)).await;
         if let Some(outcome) = login_outcome(&started) {
             metrics::counter!("sluice_client_logins_total", "result" => outcome).increment(1);
         }
@@ -70,14 +73,14 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, id: u64, shared: &Shared) {
                     leased,
                     desired,
                 );
-                let result = relay.run().await;
+                let result = Box::pin(relay.run()).await;
                 drop(slot);
                 result
             }
             Ok(Started::Admin(buf)) => {
                 tracing::Span::current().record("tenant", "admin console");
                 info!("admin logged in");
-                let result = crate::admin::serve(&mut stream, buf, shared).await;
+                let result = Box::pin(crate::admin::serve(&mut stream, buf, shared)).await;
                 if let Err(e) = &result {
                     report_error(&mut stream, e).await;
                 }
