@@ -28,7 +28,7 @@ use super::SessionError;
 use crate::cancel::CancelTarget;
 use crate::cluster::Disconnect;
 use crate::params::Parameters;
-use crate::pool::{self, PooledServer};
+use crate::pool::Lease;
 use crate::server::{self, InFlight, ServerConn};
 use crate::shared::{Drain, Pause};
 use crate::statements::{ClientStatements, ResponseFilter};
@@ -37,7 +37,6 @@ use crate::stream::Stream;
 use crate::tenant::Tenant;
 use crate::wire::{read_message, ReadError};
 use bytes::{Buf, Bytes, BytesMut};
-use deadpool::managed::Object;
 use sluice_protocol::backend;
 use sluice_protocol::frame::{frontend_header, Header, HEADER_LEN};
 use sluice_protocol::frontend::encode_query;
@@ -71,7 +70,7 @@ pub struct Relay<'a> {
     to_server: ToServer,
     to_client: ToClient,
     terminated: bool,
-    server: Option<PooledServer>,
+    server: Option<Lease>,
     exchange: Exchange,
     statements: Option<ClientStatements>,
     filter: ResponseFilter,
@@ -123,7 +122,7 @@ impl<'a> Relay<'a> {
         client: &'a mut Stream,
         client_buf: BytesMut,
         context: ClientContext<'a>,
-        server: Option<PooledServer>,
+        server: Option<Lease>,
         desired: Parameters,
     ) -> Self {
         let ClientContext {
@@ -461,14 +460,14 @@ impl<'a> Relay<'a> {
     }
 
     /// Waits (while paused, then for a pool slot) for a server connection.
-    async fn wait_for_server(&mut self, wait: Duration) -> Result<PooledServer, SessionError> {
+    async fn wait_for_server(&mut self, wait: Duration) -> Result<Lease, SessionError> {
         let tenant = self.tenant;
         let cancel = self.cancel;
         let resumed = self.pause.wait_resumed(tenant);
         tokio::pin!(resumed);
         let checkout = async {
             resumed.await;
-            pool::checkout(&tenant.pool, wait).await
+            tenant.pool.checkout(wait).await
         };
         tokio::pin!(checkout);
         cancel.set_waiting(true);
@@ -536,7 +535,7 @@ impl<'a> Relay<'a> {
                         .cluster
                         .metrics
                         .disconnected(Disconnect::ResetFailed);
-                    drop(Object::take(server));
+                    server.close();
                 }
                 Err(SessionError::ParameterRejected { code, message })
             }
@@ -550,7 +549,7 @@ impl<'a> Relay<'a> {
             self.lease_ended(&server);
             self.cancel.detach();
             self.tenant.cluster.metrics.disconnected(Disconnect::Broken);
-            drop(Object::take(server));
+            server.close();
         }
         SessionError::ServerLost(why.to_owned())
     }
@@ -559,12 +558,7 @@ impl<'a> Relay<'a> {
 /// Returns a connection its client left busy to the pool after resetting it, or closes it.
 /// `unsent` are complete client messages already counted in `in_flight` but not yet
 /// written to the server.
-async fn reset_or_close(
-    mut server: PooledServer,
-    unsent: Bytes,
-    in_flight: InFlight,
-    discard_all: bool,
-) {
+async fn reset_or_close(mut server: Lease, unsent: Bytes, in_flight: InFlight, discard_all: bool) {
     let conn: &mut ServerConn = &mut server;
     let reset = async {
         conn.stream.write_all(&unsent).await?;
@@ -574,7 +568,7 @@ async fn reset_or_close(
         Ok(()) => debug!(server = %conn.addr, "server connection reset and returned to the pool"),
         Err(e) => {
             debug!(server = %conn.addr, error = %e, "server connection closed instead of reused");
-            drop(Object::take(server));
+            server.close();
         }
     }
 }
