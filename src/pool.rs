@@ -22,6 +22,16 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
+/// How long a tenant over its fair share keeps a new connection for its own clients
+/// while other tenants wait: long enough to amortise opening it over many short
+/// transactions, short enough that a waiting tenant gets its turn within a few
+/// transactions' time.
+pub const YIELD_AFTER: Duration = Duration::from_millis(100);
+
+/// How often the first waiter of a pool queued for the budget looks again for an idle
+/// connection of another tenant to close.
+const RETRY_MAKE_ROOM: Duration = Duration::from_millis(250);
+
 /// Why no connection was leased.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckoutError {
@@ -242,6 +252,7 @@ impl Pool {
                         return self.open(slot, deadline).await;
                     }
                 }
+                () = tokio::time::sleep(RETRY_MAKE_ROOM) => self.retry_make_room(waiting.id),
                 () = tokio::time::sleep_until(deadline.into()) => return Err(CheckoutError::Timeout),
             }
         }
@@ -281,6 +292,21 @@ impl Pool {
             }
             return Ready::Wait(id, receiver);
         }
+    }
+
+    /// Tries again to make room in the budget, on behalf of the first waiter of a
+    /// queued pool: connections kept idle by tenants within their share become
+    /// evictable with time.
+    fn retry_make_room(self: &Arc<Self>, id: u64) {
+        let open = {
+            let state = self.lock();
+            let first = state.waiters.front().is_some_and(|w| w.id == id);
+            if !first || !self.queued.load(Relaxed) {
+                return;
+            }
+            state.open
+        };
+        self.shared.cluster.budget.make_room(self, open);
     }
 
     /// A place beyond `pool_size` (up to the reserve) for the waiter `id`, taken now
@@ -352,7 +378,10 @@ impl Pool {
 
     /// Takes back a leased connection: to the first waiter, else idle; or closes it
     /// when it must not be reused, the tenant is retired, or another tenant is waiting
-    /// for a place and this one has no waiter or more than its fair share.
+    /// for a place and this one holds more than its fair share and has no client
+    /// waiting or has had this connection for [`YIELD_AFTER`]. A tenant within its
+    /// share keeps the connection even idle; a queued tenant may evict it (see
+    /// `Budget::make_room`).
     fn give_back(self: &Arc<Self>, conn: ServerConn) {
         let metrics = &self.shared.cluster.metrics;
         if let Some(reason) = self.unusable(&conn) {
@@ -367,7 +396,10 @@ impl Pool {
             return;
         }
         let others_queued = budget.queued() > usize::from(self.queued.load(Relaxed));
-        if others_queued && (state.waiters.is_empty() || budget.over_fair_share(state.open)) {
+        if others_queued
+            && budget.over_fair_share(state.open)
+            && (state.waiters.is_empty() || conn.opened_at.elapsed() >= YIELD_AFTER)
+        {
             drop(state);
             metrics.disconnected(Disconnect::Yielded);
             return;
