@@ -10,6 +10,7 @@ mod smoke;
 
 mod admin_console;
 mod basics;
+mod budget;
 mod cancel;
 mod config_check;
 mod copy_and_more;

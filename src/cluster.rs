@@ -1,14 +1,14 @@
-//! Clusters: one PostgreSQL endpoint, the connection budget (`max_server_connections`)
-//! all its tenants share, and the per-cluster metrics (histograms and counters through
+//! Clusters: one PostgreSQL endpoint, the connection budget (`max_server_connections`,
+//! see `budget.rs`) all its tenants share, and the per-cluster metrics (histograms and counters through
 //! the `metrics` facade, with handles resolved once so the hot path only records).
 
+use crate::budget::Budget;
 use crate::config;
 use crate::tls::{ServerTls, TlsError};
 use arc_swap::ArcSwapOption;
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Why a server connection was closed, the `reason` label of disconnect counts.
 #[derive(Debug, Clone, Copy)]
@@ -18,15 +18,21 @@ pub enum Disconnect {
     Broken,
     ResetFailed,
     Removed,
+    /// Closed while idle to make room in the budget for another tenant.
+    Evicted,
+    /// Given up on return because other tenants were waiting for the budget.
+    Yielded,
 }
 
 impl Disconnect {
-    const ALL: [Disconnect; 5] = [
+    const ALL: [Disconnect; 7] = [
         Disconnect::IdleTimeout,
         Disconnect::Lifetime,
         Disconnect::Broken,
         Disconnect::ResetFailed,
         Disconnect::Removed,
+        Disconnect::Evicted,
+        Disconnect::Yielded,
     ];
 
     fn as_str(self) -> &'static str {
@@ -36,6 +42,8 @@ impl Disconnect {
             Disconnect::Broken => "broken",
             Disconnect::ResetFailed => "reset_failed",
             Disconnect::Removed => "removed",
+            Disconnect::Evicted => "evicted",
+            Disconnect::Yielded => "yielded",
         }
     }
 }
@@ -47,8 +55,9 @@ pub struct ClusterMetrics {
     pub transaction: Histogram,
     pub connects: Counter,
     pub connect_failures: Counter,
-    disconnects: [Counter; 5],
+    disconnects: [Counter; 7],
     used: Gauge,
+    queued: Gauge,
     up: Gauge,
 }
 
@@ -66,29 +75,9 @@ pub struct Cluster {
     pub host: String,
     pub port: u16,
     pub max_server_connections: AtomicU32,
-    /// One permit per server connection, held by the connection itself.
-    pub budget: Arc<Semaphore>,
+    pub budget: Budget,
     pub metrics: ClusterMetrics,
     reachable: AtomicBool,
-    /// Permits still to take back after the budget shrank below what was in use.
-    debt: AtomicUsize,
-}
-
-/// A server connection's place in its cluster's budget. When the budget has shrunk
-/// below what is in use, a returned place is retired instead of freed.
-pub struct BudgetPermit {
-    permit: Option<OwnedSemaphorePermit>,
-    cluster: Arc<Cluster>,
-}
-
-impl Drop for BudgetPermit {
-    fn drop(&mut self) {
-        if let Some(permit) = self.permit.take() {
-            if self.cluster.take_debt() {
-                permit.forget();
-            }
-        }
-    }
 }
 
 impl Cluster {
@@ -120,6 +109,10 @@ impl Cluster {
                 "sluice_cluster_server_connections",
                 std::slice::from_ref(&label)
             ),
+            queued: gauge!(
+                "sluice_cluster_waiting_tenants",
+                std::slice::from_ref(&label)
+            ),
             up: gauge!("sluice_cluster_up", std::slice::from_ref(&label)),
         };
         gauge!(
@@ -134,10 +127,12 @@ impl Cluster {
             host: config.host.clone(),
             port: config.port,
             max_server_connections: AtomicU32::new(config.max_server_connections),
-            budget: Arc::new(Semaphore::new(config.max_server_connections as usize)),
+            budget: Budget::new(
+                config.max_server_connections,
+                config.max_connects_per_second,
+            ),
             metrics,
             reachable: AtomicBool::new(true),
-            debt: AtomicUsize::new(0),
         }))
     }
 
@@ -152,61 +147,26 @@ impl Cluster {
         Ok(())
     }
 
-    /// Applies a new `max_server_connections`. Shrinking takes back only permits that are
-    /// free now; the rest of the reduction happens as connections close.
-    pub fn resize(&self, max: u32) {
-        let old = self.max_server_connections.swap(max, Ordering::Relaxed);
-        if max > old {
-            let repaid = self.repay((max - old) as usize);
-            self.budget.add_permits((max - old) as usize - repaid);
-        } else {
-            let shrink = (old - max) as usize;
-            let taken = self.budget.forget_permits(shrink);
-            self.debt.fetch_add(shrink - taken, Ordering::Relaxed);
-        }
+    /// Applies a reloaded budget: `max_server_connections` (a smaller one takes effect
+    /// as connections close) and `max_connects_per_second`.
+    pub fn resize(self: &Arc<Self>, config: &config::Cluster) {
+        let max = config.max_server_connections;
+        self.max_server_connections.store(max, Ordering::Relaxed);
+        self.budget
+            .reconfigure(self, max, config.max_connects_per_second);
         gauge!("sluice_cluster_max_server_connections", "cluster" => self.name.clone())
             .set(f64::from(max));
     }
 
-    /// Waits for a free place in the budget; the permit travels with the connection.
-    pub async fn acquire(self: &Arc<Self>) -> Result<BudgetPermit, crate::server::ConnectError> {
-        let permit = self
-            .budget
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| crate::server::ConnectError::BudgetClosed)?;
-        Ok(BudgetPermit {
-            permit: Some(permit),
-            cluster: self.clone(),
-        })
-    }
-
     /// Server connections open or opening: the part of the budget in use.
     pub fn used(&self) -> u32 {
-        let max = self.max_server_connections.load(Ordering::Relaxed) as usize;
-        let owed = self.debt.load(Ordering::Relaxed);
-        (max + owed).saturating_sub(self.budget.available_permits()) as u32
-    }
-
-    /// Cancels up to `n` permits still owed after a shrink; returns how many.
-    fn repay(&self, n: usize) -> usize {
-        let mut repaid = 0;
-        while repaid < n && self.take_debt() {
-            repaid += 1;
-        }
-        repaid
-    }
-
-    fn take_debt(&self) -> bool {
-        self.debt
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| d.checked_sub(1))
-            .is_ok()
+        self.budget.used() as u32
     }
 
     /// Refreshes the gauges that are read rather than counted (before a scrape).
     pub fn refresh_gauges(&self) {
         self.metrics.used.set(f64::from(self.used()));
+        self.metrics.queued.set(self.budget.queued() as f64);
     }
 
     pub fn connect_succeeded(&self) {

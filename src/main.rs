@@ -4,6 +4,7 @@
 //! runtime, the listener and signal handling.
 
 mod admin;
+mod budget;
 mod cancel;
 mod cluster;
 mod config;

@@ -100,10 +100,7 @@ fn render_tenants(
         }
     }
     let server_states: [(&str, Read); 3] = [
-        ("active", |t| {
-            let status = t.pool.status();
-            status.size.saturating_sub(status.available) as f64
-        }),
+        ("active", |t| t.pool.status().active as f64),
         ("idle", |t| t.pool.status().available as f64),
         ("connecting", |t| count(&t.stats.servers_connecting)),
     ];

@@ -4,7 +4,6 @@
 
 use crate::cancel::CancelRegistry;
 use crate::config::Config;
-use crate::pool;
 use crate::tenant::{Tenant, Tenants};
 use crate::tls::{ClientTls, TlsError};
 use arc_swap::ArcSwap;
@@ -67,7 +66,7 @@ impl Shared {
                 .lookup(&tenant.settings.database, &tenant.settings.user)
                 .is_ok_and(|t| Arc::ptr_eq(t, tenant));
             if !kept {
-                pool::close_idle(&tenant.pool);
+                tenant.pool.retire();
             }
             let removed = new
                 .lookup(&tenant.settings.database, &tenant.settings.user)

@@ -5,7 +5,7 @@
 use crate::cluster::Cluster;
 use crate::config::{AuthType, Config, PasswordKind, PoolMode, Secret, TenantSettings};
 use crate::params::Parameters;
-use crate::pool::{self, ServerPool};
+use crate::pool::{self, Pool};
 use crate::server::ServerTarget;
 use crate::shared::Drain;
 use crate::stats::{ServerRegistry, TenantStats};
@@ -33,7 +33,7 @@ pub struct Tenant {
     pub settings: TenantSettings,
     pub auth: ClientAuth,
     pub cluster: Arc<Cluster>,
-    pub pool: ServerPool,
+    pub pool: Arc<Pool>,
     pub stats: Arc<TenantStats>,
     pub servers: Arc<ServerRegistry>,
     clients: AtomicU32,
@@ -71,15 +71,19 @@ impl Tenant {
         };
         let stats = Arc::new(TenantStats::default());
         let servers = Arc::new(ServerRegistry::default());
-        let pool = pool::build(
+        let pool = Pool::new(
             target,
             pool::Shared {
                 cluster: cluster.clone(),
                 stats: stats.clone(),
                 servers: servers.clone(),
             },
-            settings.pool_size as usize,
-            settings.server_lifetime,
+            pool::Limits {
+                size: settings.pool_size as usize,
+                reserve_size: settings.reserve_pool_size as usize,
+                reserve_timeout: settings.reserve_pool_timeout,
+                lifetime: settings.server_lifetime,
+            },
         );
         Tenant {
             settings,
@@ -176,7 +180,7 @@ impl Tenants {
             let cluster = match kept {
                 Some(cluster) => {
                     cluster.reload_tls(settings)?;
-                    cluster.resize(settings.max_server_connections);
+                    cluster.resize(settings);
                     cluster.clone()
                 }
                 None => Cluster::new(name, settings)?,
@@ -240,17 +244,13 @@ pub async fn maintain_pools(shared: Arc<crate::shared::Shared>) {
         let tenants = shared.tenants.load_full();
         for tenant in tenants.iter() {
             let settings = &tenant.settings;
-            let closed = pool::close_expired(
-                &tenant.pool,
-                settings.server_idle_timeout,
-                settings.server_lifetime,
-            );
+            let closed = tenant.pool.close_expired(settings.server_idle_timeout);
             if closed > 0 {
                 tracing::debug!(tenant = %tenant.name(), closed, "closed expired idle server connections");
             }
             let min = settings.min_pool_size as usize;
             if min > 0 {
-                if let Err(e) = pool::warm(&tenant.pool, min).await {
+                if let Err(e) = tenant.pool.warm(min).await {
                     tracing::warn!(tenant = %tenant.name(), error = %e, "could not open min_pool_size connections");
                 }
             }

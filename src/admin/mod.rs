@@ -184,7 +184,7 @@ fn kill(shared: &Shared, database: &str) -> Result<(), String> {
     let tenants = shared.tenants.load();
     let mut found = false;
     for tenant in tenants.iter().filter(|t| t.settings.database == database) {
-        crate::pool::close_idle(&tenant.pool);
+        tenant.pool.close_idle();
         found = true;
     }
     if !found {

@@ -138,7 +138,7 @@ fn pools(shared: &Shared, tenants: &[Arc<Tenant>]) -> Table {
             n(waiting),
             n(0),
             n(0),
-            n(status.size.saturating_sub(status.available)),
+            n(status.active),
             n(0),
             n(0),
             n(status.available),

@@ -125,8 +125,13 @@ pub struct TenantDefaults {
     pub pool_mode: PoolMode,
     /// Most server connections the tenant's pool may hold.
     pub pool_size: u32,
-    /// Server connections kept open even when idle.
+    /// Server connections kept open even when idle, when the budget allows.
     pub min_pool_size: u32,
+    /// Extra server connections a tenant may open beyond `pool_size` once a client
+    /// has waited `reserve_pool_timeout`; 0 = no reserve.
+    pub reserve_pool_size: u32,
+    #[serde(with = "humantime_serde")]
+    pub reserve_pool_timeout: Duration,
     /// Most client connections the tenant may have at once.
     pub max_client_connections: u32,
     /// How long a client waits for a server connection before an error.
@@ -162,6 +167,8 @@ impl Default for TenantDefaults {
             pool_mode: PoolMode::Transaction,
             pool_size: 5,
             min_pool_size: 0,
+            reserve_pool_size: 0,
+            reserve_pool_timeout: Duration::from_secs(5),
             max_client_connections: 1000,
             query_wait_timeout: Duration::from_secs(30),
             server_connect_timeout: Duration::from_secs(5),
@@ -187,6 +194,10 @@ pub struct Cluster {
     /// Most server connections to this endpoint, over all its tenants.
     #[serde(default = "default_max_server_connections")]
     pub max_server_connections: u32,
+    /// Most new server connections opened per second, over all its tenants; 0 = no
+    /// limit. Opening connections is what costs the server CPU.
+    #[serde(default)]
+    pub max_connects_per_second: u32,
     /// TLS towards this server.
     #[serde(default)]
     pub tls: ServerTlsMode,
@@ -254,6 +265,9 @@ pub struct TenantConfig {
     pub pool_mode: Option<PoolMode>,
     pub pool_size: Option<u32>,
     pub min_pool_size: Option<u32>,
+    pub reserve_pool_size: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pub reserve_pool_timeout: Option<Duration>,
     pub max_client_connections: Option<u32>,
     #[serde(default, with = "humantime_serde")]
     pub query_wait_timeout: Option<Duration>,
@@ -292,6 +306,8 @@ pub struct TenantSettings {
     pub pool_mode: PoolMode,
     pub pool_size: u32,
     pub min_pool_size: u32,
+    pub reserve_pool_size: u32,
+    pub reserve_pool_timeout: Duration,
     pub max_client_connections: u32,
     pub query_wait_timeout: Duration,
     pub server_connect_timeout: Duration,
@@ -330,6 +346,10 @@ impl TenantConfig {
             pool_mode: self.pool_mode.unwrap_or(defaults.pool_mode),
             pool_size: self.pool_size.unwrap_or(defaults.pool_size),
             min_pool_size: self.min_pool_size.unwrap_or(defaults.min_pool_size),
+            reserve_pool_size: self.reserve_pool_size.unwrap_or(defaults.reserve_pool_size),
+            reserve_pool_timeout: self
+                .reserve_pool_timeout
+                .unwrap_or(defaults.reserve_pool_timeout),
             max_client_connections: self
                 .max_client_connections
                 .unwrap_or(defaults.max_client_connections),

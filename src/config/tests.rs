@@ -436,10 +436,6 @@ fn validation_errors_name_key_and_file() {
             MINIMAL.replace("host = \"db.internal\"", "host = \"db\"\nmax_server_connections = 0"),
             "clusters.main.max_server_connections: must be at least 1",
         ),
-        (
-            format!("{}[defaults]\nmin_pool_size = 2\n", tenant("[[tenants]]\ndatabase = \"b\"\nuser = \"b\"\ncluster = \"main\"\npassword = \"x\"")).replace("host = \"db.internal\"", "host = \"db\"\nmax_server_connections = 3"),
-            "clusters.main.max_server_connections: 3 is less than 4, the sum of its tenants' min_pool_size",
-        ),
         (MINIMAL.replace("host = \"db.internal\"", "host = \"\""), "clusters.main.host: must not be empty"),
         (MINIMAL.replace("host = \"db.internal\"", "host = \"db\"\nport = 0"), "clusters.main.port: must not be 0"),
         (format!("client_login_timeout = \"0s\"\n{MINIMAL}"), "client_login_timeout: must be greater than 0"),
@@ -651,7 +647,7 @@ fn env_errors_name_the_variable() {
         MINIMAL,
         &[("SLUICE_DEFAULTS__POOLSIZE", "10")],
         "defaults.poolsize: unknown key, expected one of `pool_mode`, `pool_size`, `min_pool_size`, \
-         `max_client_connections`, `query_wait_timeout`, `server_connect_timeout`, `auth_type`, \
+         `reserve_pool_size`, `reserve_pool_timeout`, `max_client_connections`, `query_wait_timeout`, `server_connect_timeout`, `auth_type`, \
          `max_prepared_statements`, `query_timeout`, `idle_transaction_timeout`, \
          `client_idle_timeout`, `server_idle_timeout`, `server_lifetime`",
         "from environment variable SLUICE_DEFAULTS__POOLSIZE",

@@ -31,7 +31,6 @@ impl Config {
             check.tenant(self, i, tenant);
         }
         check.unique_tenants(self);
-        check.cluster_budgets(self);
         check.problems
     }
 }
@@ -296,28 +295,6 @@ impl Checker<'_> {
                 self.fail(&["tenants", &i.to_string()], message);
             } else {
                 seen.insert(pair, i);
-            }
-        }
-    }
-
-    /// The tenants' `min_pool_size` must fit in their cluster's budget,
-    /// or the pools would take connections from each other forever.
-    fn cluster_budgets(&mut self, config: &Config) {
-        let mut reserved: BTreeMap<&str, u64> = BTreeMap::new();
-        for tenant in &config.tenants {
-            let min = tenant
-                .min_pool_size
-                .unwrap_or(config.defaults.min_pool_size);
-            *reserved.entry(tenant.cluster.as_str()).or_default() += u64::from(min);
-        }
-        for (name, cluster) in &config.clusters {
-            let total = reserved.get(name.as_str()).copied().unwrap_or(0);
-            if total > u64::from(cluster.max_server_connections) {
-                let message = format!(
-                    "{} is less than {total}, the sum of its tenants' min_pool_size",
-                    cluster.max_server_connections
-                );
-                self.fail(&["clusters", name, "max_server_connections"], message);
             }
         }
     }

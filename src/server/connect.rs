@@ -3,7 +3,7 @@
 //! ParameterStatus set and BackendKeyData up to the first ReadyForQuery.
 
 use super::{ServerConn, SERVER_READ_CHUNK};
-use crate::cluster::BudgetPermit;
+use crate::budget::Slot;
 use crate::config::ServerTlsMode;
 use crate::params::{Parameters, ServerParameters};
 use crate::statements::ServerStatements;
@@ -20,7 +20,7 @@ use sluice_protocol::scram::ScramClient;
 use sluice_protocol::startup::encode_ssl_request;
 use sluice_protocol::startup::{encode_startup, CancelKey};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -67,8 +67,6 @@ pub enum ConnectError {
     Protocol(String),
     #[error("TLS to the server failed: {0}")]
     Tls(String),
-    #[error("the cluster's connection budget is closed")]
-    BudgetClosed,
 }
 
 impl From<ReadError> for ConnectError {
@@ -87,10 +85,10 @@ impl From<std::io::Error> for ConnectError {
 pub async fn connect(
     target: &ServerTarget,
     tls: Option<Arc<ServerTls>>,
-    budget: BudgetPermit,
+    slot: Slot,
     registry: &Arc<ServerRegistry>,
 ) -> Result<ServerConn, ConnectError> {
-    let opened = login(target, tls, budget, registry);
+    let opened = login(target, tls, slot, registry);
     match tokio::time::timeout(target.connect_timeout, opened).await {
         Ok(result) => result,
         Err(_) => Err(ConnectError::Timeout(format!("{target:?}"))),
@@ -100,7 +98,7 @@ pub async fn connect(
 async fn login(
     target: &ServerTarget,
     tls: Option<Arc<ServerTls>>,
-    budget: BudgetPermit,
+    slot: Slot,
     registry: &Arc<ServerRegistry>,
 ) -> Result<ServerConn, ConnectError> {
     let tcp = TcpStream::connect((target.host.as_str(), target.port))
@@ -158,7 +156,8 @@ async fn login(
         addr,
         params: ServerParameters::new(parameters),
         statements: ServerStatements::new(),
-        _budget: budget,
+        opened_at: Instant::now(),
+        _slot: slot,
     })
 }
 

@@ -1,8 +1,9 @@
 //! Server connections: one authenticated TCP connection to PostgreSQL, logged in as a
 //! tenant's own role, owned by that tenant's pool.
 //!
-//! A `ServerConn` carries the permit it took from its cluster's connection budget, so
-//! every way of dropping it (pool shrink, broken connection, shutdown) gives the slot back.
+//! A `ServerConn` carries the place it took in its cluster's connection budget, so
+//! every way of dropping it (idle timeout, eviction, broken connection, shutdown) gives
+//! the place back.
 
 mod connect;
 mod reset;
@@ -10,7 +11,7 @@ mod reset;
 pub use connect::{connect, ConnectError, ServerTarget};
 pub use reset::{reset, InFlight};
 
-use crate::cluster::BudgetPermit;
+use crate::budget::Slot;
 use crate::params::ServerParameters;
 use crate::statements::ServerStatements;
 use crate::stats::ServerEntry;
@@ -18,6 +19,7 @@ use crate::stream::Stream;
 use bytes::BytesMut;
 use sluice_protocol::startup::CancelKey;
 use std::net::SocketAddr;
+use std::time::Instant;
 
 /// Initial capacity of a server connection's read buffer; results stream through it.
 pub const SERVER_READ_CHUNK: usize = 16 * 1024;
@@ -37,7 +39,9 @@ pub struct ServerConn {
     pub params: ServerParameters,
     /// The prepared statements this connection holds (transaction mode).
     pub statements: ServerStatements,
-    _budget: BudgetPermit,
+    /// When the login completed, for `server_lifetime`.
+    pub opened_at: Instant,
+    _slot: Slot,
 }
 
 impl ServerConn {

@@ -136,19 +136,13 @@ impl SessionError {
 
     pub fn from_checkout(tenant: &str, wait: Duration, e: CheckoutError) -> Self {
         match e {
-            CheckoutError::Timeout(deadpool::managed::TimeoutType::Wait) => {
-                SessionError::WaitTimeout {
-                    tenant: tenant.to_owned(),
-                    timeout: wait,
-                }
-            }
-            CheckoutError::Backend(source) => SessionError::ServerUnavailable {
+            CheckoutError::Timeout => SessionError::WaitTimeout {
+                tenant: tenant.to_owned(),
+                timeout: wait,
+            },
+            CheckoutError::Connect(source) => SessionError::ServerUnavailable {
                 tenant: tenant.to_owned(),
                 source,
-            },
-            other => SessionError::ServerUnavailable {
-                tenant: tenant.to_owned(),
-                source: ConnectError::Protocol(other.to_string()),
             },
         }
     }

@@ -14,7 +14,7 @@ pub use login::{negotiate_version, prove};
 
 use crate::cancel::CancelHandle;
 use crate::params::{self, Parameters};
-use crate::pool::{self, PooledServer};
+use crate::pool::Lease;
 use crate::shared::Shared;
 use crate::stats::ClientInfo;
 use crate::stream::Stream;
@@ -149,7 +149,7 @@ struct Ready {
     /// Bytes the client sent after its login messages.
     buf: BytesMut,
     /// The server connection leased at login, kept in session mode.
-    leased: Option<PooledServer>,
+    leased: Option<Lease>,
     /// The session parameters the client asked for.
     desired: Parameters,
 }
@@ -195,7 +195,9 @@ async fn start(
     let reported = match tenant.parameters() {
         Some(reported) if !tenant.is_session_mode() => reported.clone(),
         _ => {
-            let server = pool::checkout(&tenant.pool, wait)
+            let server = tenant
+                .pool
+                .checkout(wait)
                 .await
                 .map_err(|e| SessionError::from_checkout(&tenant.name(), wait, e))?;
             let reported = server.params.login.clone();

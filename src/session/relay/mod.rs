@@ -32,7 +32,7 @@ use super::SessionError;
 use crate::cancel::CancelTarget;
 use crate::cluster::Disconnect;
 use crate::params::Parameters;
-use crate::pool::{self, PooledServer};
+use crate::pool::Lease;
 use crate::server::{self, InFlight, ServerConn};
 use crate::shared::{Drain, Pause};
 use crate::statements::{ClientStatements, ResponseFilter};
@@ -41,7 +41,6 @@ use crate::stream::Stream;
 use crate::tenant::Tenant;
 use crate::wire::{read_message, ReadError};
 use bytes::{Buf, Bytes, BytesMut};
-use deadpool::managed::Object;
 use sluice_protocol::backend;
 use sluice_protocol::frame::{frontend_header, Header, HEADER_LEN};
 use sluice_protocol::frontend::encode_query;
@@ -77,7 +76,7 @@ pub struct Relay<'a> {
     to_server: ToServer,
     to_client: ToClient,
     terminated: bool,
-    server: Option<PooledServer>,
+    server: Option<Lease>,
     exchange: Exchange,
     statements: Option<ClientStatements>,
     filter: ResponseFilter,
@@ -129,7 +128,7 @@ impl<'a> Relay<'a> {
         client: &'a mut Stream,
         client_buf: BytesMut,
         context: ClientContext<'a>,
-        server: Option<PooledServer>,
+        server: Option<Lease>,
         desired: Parameters,
     ) -> Self {
         let ClientContext {
@@ -508,14 +507,14 @@ impl<'a> Relay<'a> {
         &mut self,
         wait: Duration,
         interrupts: &mut Interrupts<'_, '_>,
-    ) -> Result<PooledServer, SessionError> {
+    ) -> Result<Lease, SessionError> {
         let tenant = self.tenant;
         let cancel = self.cancel;
         let resumed = self.pause.wait_resumed(tenant);
         tokio::pin!(resumed);
         let checkout = async {
             resumed.await;
-            pool::checkout(&tenant.pool, wait).await
+            tenant.pool.checkout(wait).await
         };
         tokio::pin!(checkout);
         cancel.set_waiting(true);
@@ -583,7 +582,7 @@ impl<'a> Relay<'a> {
                         .cluster
                         .metrics
                         .disconnected(Disconnect::ResetFailed);
-                    drop(Object::take(server));
+                    server.close();
                 }
                 Err(SessionError::ParameterRejected { code, message })
             }
@@ -597,7 +596,7 @@ impl<'a> Relay<'a> {
             self.lease_ended(&server);
             self.cancel.detach();
             self.tenant.cluster.metrics.disconnected(Disconnect::Broken);
-            drop(Object::take(server));
+            server.close();
         }
         SessionError::ServerLost(why.to_owned())
     }
@@ -606,12 +605,7 @@ impl<'a> Relay<'a> {
 /// Returns a connection its client left busy to the pool after resetting it, or closes it.
 /// `unsent` are complete client messages already counted in `in_flight` but not yet
 /// written to the server.
-async fn reset_or_close(
-    mut server: PooledServer,
-    unsent: Bytes,
-    in_flight: InFlight,
-    discard_all: bool,
-) {
+async fn reset_or_close(mut server: Lease, unsent: Bytes, in_flight: InFlight, discard_all: bool) {
     let conn: &mut ServerConn = &mut server;
     let reset = async {
         conn.stream.write_all(&unsent).await?;
@@ -621,7 +615,7 @@ async fn reset_or_close(
         Ok(()) => debug!(server = %conn.addr, "server connection reset and returned to the pool"),
         Err(e) => {
             debug!(server = %conn.addr, error = %e, "server connection closed instead of reused");
-            drop(Object::take(server));
+            server.close();
         }
     }
 }

@@ -1,0 +1,349 @@
+//! The cluster connection budget under many tenants: it is never exceeded (sampled from
+//! PostgreSQL's own `pg_stat_activity`), a flooding tenant cannot starve quiet ones, idle
+//! connections of other tenants make room, a reserve pool lets a waiting tenant burst,
+//! and new server connections are paced to `max_connects_per_second`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::common::{http_get, scalar};
+use crate::harness::{connect, error_text, literal, Postgres, Sluice, SluiceConfig, Tenant};
+
+/// Server connections PostgreSQL has open for roles whose names start with `prefix`.
+async fn server_connections(observer: &tokio_postgres::Client, prefix: &str) -> usize {
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE usename LIKE {}",
+        literal(&format!("{prefix}%"))
+    );
+    let row = observer
+        .query_one(&sql, &[])
+        .await
+        .expect("pg_stat_activity");
+    row.get::<_, i64>(0) as usize
+}
+
+/// Samples [`server_connections`] until `running` turns false; returns the most seen.
+fn sample_server_connections(
+    pg: &'static Postgres,
+    prefix: String,
+    running: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(usize, usize)> {
+    tokio::spawn(async move {
+        let observer = pg.superuser_client().await;
+        let (mut most, mut samples) = (0, 0);
+        while running.load(Ordering::Relaxed) {
+            most = most.max(server_connections(&observer, &prefix).await);
+            samples += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        (most, samples)
+    })
+}
+
+/// A counter or gauge of `/metrics` for cluster `main` (0 when absent).
+fn cluster_metric(sluice: &Sluice, name: &str) -> f64 {
+    let body = http_get(sluice.metrics_addr(), "/metrics").body;
+    let prefix = format!("{name}{{cluster=\"main\"}} ");
+    body.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .map_or(0.0, |value| value.parse().expect("a number"))
+}
+
+fn disconnects(sluice: &Sluice, reason: &str) -> f64 {
+    let body = http_get(sluice.metrics_addr(), "/metrics").body;
+    let prefix =
+        format!("sluice_server_disconnects_total{{cluster=\"main\",reason=\"{reason}\"}} ");
+    body.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .map_or(0.0, |value| value.parse().expect("a number"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_tenants_share_a_budget_of_twelve_without_errors() {
+    const BUDGET: u32 = 12;
+    const CLIENTS_PER_TENANT: usize = 3;
+    const TRANSACTIONS: usize = 15;
+    let pg = Postgres::shared();
+    let tenants = pg.create_tenant_group("budget", 20);
+    let mut config = SluiceConfig::new(pg).max_server_connections(BUDGET);
+    for tenant in &tenants {
+        config = config.tenant(Tenant::new(tenant).auth_type("md5"));
+    }
+    let sluice = Sluice::start(&config);
+    let prefix = format!("{}_", tenants[0].database);
+
+    let running = Arc::new(AtomicBool::new(true));
+    let sampler = sample_server_connections(pg, prefix, running.clone());
+    let mut clients = Vec::new();
+    for tenant in &tenants {
+        for _ in 0..CLIENTS_PER_TENANT {
+            let (sluice, tenant) = (sluice.addr(), tenant.clone());
+            clients.push(tokio::spawn(async move {
+                let client = connect(&sluice, &tenant).await;
+                let mut errors = Vec::new();
+                for _ in 0..TRANSACTIONS {
+                    let tx = "BEGIN; SELECT current_user, pg_sleep(0.002); COMMIT";
+                    if let Err(e) = client.simple_query(tx).await {
+                        errors.push(format!("{}: {}", tenant.user, error_text(&e)));
+                    }
+                }
+                errors
+            }));
+        }
+    }
+    let mut errors = Vec::new();
+    for client in clients {
+        errors.extend(client.await.expect("client task"));
+    }
+    running.store(false, Ordering::Relaxed);
+    let (most, samples) = sampler.await.expect("sampler");
+
+    assert!(errors.is_empty(), "{} errors: {errors:?}", errors.len());
+    assert!(samples > 10, "only {samples} samples of pg_stat_activity");
+    assert!(
+        most <= BUDGET as usize,
+        "PostgreSQL saw {most} tenant connections, budget {BUDGET}"
+    );
+    assert!(most > 0, "no tenant connection seen in {samples} samples");
+    assert!(cluster_metric(&sluice, "sluice_cluster_server_connections") <= f64::from(BUDGET));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_tenant_does_not_starve_quiet_ones() {
+    const BUDGET: u32 = 12;
+    const FLOOD_CLIENTS: usize = 60;
+    const QUIET_QUERIES: usize = 40;
+    let pg = Postgres::shared();
+    let group = pg.create_tenant_group("fair", 11);
+    let (flood, quiet) = (group[0].clone(), group[1..].to_vec());
+    let mut config = SluiceConfig::new(pg)
+        .max_server_connections(BUDGET)
+        .tenant(Tenant::new(&flood).auth_type("md5").pool_size(20));
+    for tenant in &quiet {
+        config = config.tenant(Tenant::new(tenant).auth_type("md5"));
+    }
+    let sluice = Sluice::start(&config);
+
+    let flooding = Arc::new(AtomicBool::new(true));
+    let mut flooders = Vec::new();
+    for _ in 0..FLOOD_CLIENTS {
+        let (addr, flood, flooding) = (sluice.addr(), flood.clone(), flooding.clone());
+        flooders.push(tokio::spawn(async move {
+            let client = connect(&addr, &flood).await;
+            let mut done = 0usize;
+            while flooding.load(Ordering::Relaxed) {
+                client
+                    .simple_query("SELECT pg_sleep(0.05)")
+                    .await
+                    .unwrap_or_else(|e| panic!("flood: {}", error_text(&e)));
+                done += 1;
+            }
+            done
+        }));
+    }
+    // The flood holds the whole budget before the quiet tenants start.
+    let observer = pg.superuser_client().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server_connections(&observer, &flood.user).await < BUDGET as usize {
+        assert!(
+            Instant::now() < deadline,
+            "the flood never filled the budget"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let mut quiet_tasks = Vec::new();
+    for tenant in &quiet {
+        let (addr, tenant) = (sluice.addr(), tenant.clone());
+        quiet_tasks.push(tokio::spawn(async move {
+            let client = connect(&addr, &tenant).await;
+            let mut latencies = Vec::with_capacity(QUIET_QUERIES);
+            for _ in 0..QUIET_QUERIES {
+                let started = Instant::now();
+                scalar(&client, "SELECT 1").await;
+                latencies.push(started.elapsed());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in quiet_tasks {
+        latencies.extend(task.await.expect("quiet tenant"));
+    }
+    flooding.store(false, Ordering::Relaxed);
+    let mut flood_transactions = 0;
+    for flooder in flooders {
+        flood_transactions += flooder.await.expect("flooder");
+    }
+
+    latencies.sort();
+    let p99 = latencies[latencies.len() * 99 / 100];
+    assert!(
+        p99 < Duration::from_millis(150),
+        "quiet tenants' p99 {p99:?} (max {:?}) while flooded",
+        latencies.last()
+    );
+    assert!(flood_transactions > 0, "the flood made no progress");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_of_another_tenant_makes_room() {
+    let pg = Postgres::shared();
+    let group = pg.create_tenant_group("evict", 2);
+    let (holder, newcomer) = (&group[0], &group[1]);
+    let config = SluiceConfig::new(pg)
+        .max_server_connections(2)
+        .tenant(Tenant::new(holder).auth_type("md5"))
+        .tenant(
+            Tenant::new(newcomer)
+                .auth_type("md5")
+                .query_wait_timeout("3s"),
+        );
+    let sluice = Sluice::start(&config);
+
+    // The holder fills the budget with two connections, then leaves them idle.
+    let (a, b) = (
+        connect(&sluice.addr(), holder).await,
+        connect(&sluice.addr(), holder).await,
+    );
+    a.batch_execute("BEGIN").await.expect("BEGIN");
+    b.batch_execute("BEGIN").await.expect("BEGIN");
+    a.batch_execute("COMMIT").await.expect("COMMIT");
+    b.batch_execute("COMMIT").await.expect("COMMIT");
+    assert_eq!(
+        cluster_metric(&sluice, "sluice_cluster_server_connections"),
+        2.0
+    );
+
+    let started = Instant::now();
+    let client = connect(&sluice.addr(), newcomer).await;
+    assert_eq!(
+        scalar(&client, "SELECT current_user").await.as_deref(),
+        Some(newcomer.user.as_str())
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "waited {:?} although the holder's connections were idle",
+        started.elapsed()
+    );
+    assert!(disconnects(&sluice, "evicted") >= 1.0);
+    assert!(cluster_metric(&sluice, "sluice_cluster_server_connections") <= 2.0);
+    // The holder still works: it gets a place back the same way.
+    assert_eq!(scalar(&a, "SELECT 1").await.as_deref(), Some("1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_client_bursts_into_the_reserve_pool() {
+    let pg = Postgres::shared();
+    let group = pg.create_tenant_group("reserve", 1);
+    let tenant = &group[0];
+    let config = SluiceConfig::new(pg).tenant(
+        Tenant::new(tenant)
+            .auth_type("md5")
+            .pool_size(1)
+            .query_wait_timeout("5s")
+            .line("reserve_pool_size = 1")
+            .line("reserve_pool_timeout = \"300ms\""),
+    );
+    let sluice = Sluice::start(&config);
+
+    let holder = connect(&sluice.addr(), tenant).await;
+    holder.batch_execute("BEGIN").await.expect("BEGIN");
+    let waiter = connect(&sluice.addr(), tenant).await;
+    let started = Instant::now();
+    assert_eq!(scalar(&waiter, "SELECT 1").await.as_deref(), Some("1"));
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(3),
+        "served after {waited:?}, expected just after reserve_pool_timeout"
+    );
+    let observer = pg.superuser_client().await;
+    assert_eq!(server_connections(&observer, &tenant.user).await, 2);
+
+    // The reserve is one connection: a third client waits for one of the two.
+    let third = connect(&sluice.addr(), tenant).await;
+    waiter.batch_execute("BEGIN").await.expect("BEGIN");
+    let third_query = tokio::spawn(async move { scalar(&third, "SELECT 3").await });
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(!third_query.is_finished(), "a third connection was opened");
+    holder.batch_execute("COMMIT").await.expect("COMMIT");
+    assert_eq!(third_query.await.expect("third").as_deref(), Some("3"));
+    assert_eq!(server_connections(&observer, &tenant.user).await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_storm_opens_connections_no_faster_than_the_bound() {
+    const RATE: u32 = 100;
+    const TENANTS: usize = 100;
+    const CLIENTS: usize = 500;
+    let pg = Postgres::shared();
+    let tenants = pg.create_tenant_group("storm", TENANTS);
+    let mut config = SluiceConfig::new(pg).max_server_connections(20);
+    config
+        .cluster_mut("main")
+        .extra
+        .push(format!("max_connects_per_second = {RATE}"));
+    for tenant in &tenants {
+        config = config.tenant(
+            Tenant::new(tenant)
+                .auth_type("md5")
+                .query_wait_timeout("60s"),
+        );
+    }
+    let sluice = Arc::new(Sluice::start(&config));
+
+    let running = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let (sluice, running) = (sluice.clone(), running.clone());
+        std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            while running.load(Ordering::Relaxed) {
+                samples.push((
+                    Instant::now(),
+                    cluster_metric(&sluice, "sluice_server_connects_total"),
+                ));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            samples
+        })
+    };
+    let mut clients = Vec::new();
+    for i in 0..CLIENTS {
+        let (addr, tenant) = (sluice.addr(), tenants[i % TENANTS].clone());
+        clients.push(tokio::spawn(async move {
+            let client = connect(&addr, &tenant).await;
+            scalar(&client, "SELECT current_user").await
+        }));
+    }
+    for (i, client) in clients.into_iter().enumerate() {
+        let user = client.await.expect("client");
+        assert_eq!(user.as_deref(), Some(tenants[i % TENANTS].user.as_str()));
+    }
+    running.store(false, Ordering::Relaxed);
+    let samples = sampler.join().expect("sampler");
+
+    let total = samples.last().expect("samples").1;
+    assert!(
+        total >= TENANTS as f64,
+        "only {total} connects for {TENANTS} tenants"
+    );
+    // Between two samples at least a second apart, at most RATE connects per second of
+    // the interval. Openings are paced exactly; the counter moves when a login completes,
+    // which jitters by a login's duration at each end of the interval: two connects of slack.
+    let mut worst = 0.0f64;
+    for (i, &(start, first)) in samples.iter().enumerate() {
+        if let Some(&(end, last)) = samples[i..]
+            .iter()
+            .find(|(at, _)| at.duration_since(start) >= Duration::from_secs(1))
+        {
+            let seconds = end.duration_since(start).as_secs_f64();
+            worst = worst.max((last - first - 2.0) / seconds);
+        }
+    }
+    assert!(
+        worst <= f64::from(RATE),
+        "{worst:.1} connects/s over a window, bound {RATE}/s ({total} connects)"
+    );
+}

@@ -1,0 +1,340 @@
+//! A cluster's connection budget (`max_server_connections`) and who gets it.
+//!
+//! A place in the budget is a [`Slot`], taken before a server connection is opened and
+//! held by the connection until it closes, so connections being opened count too.
+//! When the budget is full, tenants that need a connection queue here, each tenant
+//! once, and freed places go to them round-robin: one place per turn. A queued tenant
+//! also makes room by closing the longest-idle connection of another tenant, and a
+//! tenant holding more than its fair share (`max / tenants holding or waiting`) gives
+//! its connections up as it returns them while others wait (see `Pool::give_back`).
+//! New connections are paced to `max_connects_per_second`.
+//!
+//! Locking: every pool has a mutex and the budget has one. Code may take the budget's
+//! lock while holding a pool's, never the reverse, and never holds two pools' locks.
+//! A `ServerConn` (and so a `Slot`) is never dropped under either lock: its drop takes
+//! both.
+
+use crate::cluster::{Cluster, Disconnect};
+use crate::pool::{Pool, PoolState};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+/// How long a connection of a tenant at or under its fair share must have been idle
+/// before a tenant over its own share may close it: short gaps between a quiet
+/// tenant's queries must not cost it its connection.
+const EVICTION_GRACE: Duration = Duration::from_secs(1);
+
+pub struct Budget {
+    state: Mutex<State>,
+    /// Length of the queue, read without the lock when a connection is returned.
+    queued: AtomicUsize,
+    /// Tenants holding a place or queued for one, for the fair share.
+    demand: AtomicUsize,
+    max: AtomicUsize,
+    /// Nanoseconds between two connection openings; 0: no pacing.
+    connect_interval_nanos: AtomicU64,
+    next_connect: Mutex<Instant>,
+}
+
+struct State {
+    max: usize,
+    /// Places taken: connections open or being opened.
+    open: usize,
+    /// Tenants waiting for a place, each at most once (`Pool::queued`).
+    queue: VecDeque<Arc<Pool>>,
+    /// Tenants holding at least one place, by pool id: where eviction looks.
+    holders: HashMap<u64, Weak<Pool>>,
+}
+
+/// One place in a cluster's budget, held by a server connection (or one being opened).
+/// Dropping it frees the place, which goes to the next queued tenant.
+pub struct Slot {
+    /// `None` once the place has been given back.
+    cluster: Option<Arc<Cluster>>,
+    /// The pool whose `open` count includes this place; dangling while uncounted.
+    pool: Weak<Pool>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let Some(cluster) = self.cluster.take() else {
+            return;
+        };
+        if let Some(pool) = self.pool.upgrade() {
+            pool.place_freed();
+        }
+        cluster.budget.release();
+        cluster.budget.hand_out(&cluster);
+    }
+}
+
+impl Slot {
+    fn new(cluster: &Arc<Cluster>) -> Self {
+        Slot {
+            cluster: Some(cluster.clone()),
+            pool: Weak::new(),
+        }
+    }
+
+    /// Records that `pool`'s open count now includes this place.
+    pub(crate) fn counted_in(&mut self, pool: &Arc<Pool>) {
+        self.pool = Arc::downgrade(pool);
+    }
+
+    /// Forgets that a pool counted this place (the caller has uncounted it).
+    pub(crate) fn uncounted(&mut self) {
+        self.pool = Weak::new();
+    }
+}
+
+impl Budget {
+    pub fn new(max: u32, max_connects_per_second: u32) -> Self {
+        let max = max as usize;
+        Budget {
+            state: Mutex::new(State {
+                max,
+                open: 0,
+                queue: VecDeque::new(),
+                holders: HashMap::new(),
+            }),
+            queued: AtomicUsize::new(0),
+            demand: AtomicUsize::new(0),
+            max: AtomicUsize::new(max),
+            connect_interval_nanos: AtomicU64::new(interval_nanos(max_connects_per_second)),
+            next_connect: Mutex::new(Instant::now()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Applies a reloaded `max_server_connections` and `max_connects_per_second`. A
+    /// smaller budget takes effect as connections close.
+    pub fn reconfigure(&self, cluster: &Arc<Cluster>, max: u32, max_connects_per_second: u32) {
+        self.connect_interval_nanos
+            .store(interval_nanos(max_connects_per_second), Relaxed);
+        {
+            let mut state = self.lock();
+            state.max = max as usize;
+            self.max.store(max as usize, Relaxed);
+        }
+        self.hand_out(cluster);
+    }
+
+    /// Places in use: connections open or being opened.
+    pub fn used(&self) -> usize {
+        self.lock().open
+    }
+
+    /// Tenants waiting for a place.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Relaxed)
+    }
+
+    /// True when `open` places are more than a fair share for one tenant.
+    pub fn over_fair_share(&self, open: usize) -> bool {
+        open * self.demand.load(Relaxed).max(1) > self.max.load(Relaxed)
+    }
+
+    /// A place for `pool` if one is free and no tenant is queued; otherwise queues
+    /// `pool` (once) and returns `None`. Called with `pool`'s lock held (`state`); on
+    /// success the place is already counted in `state.open`, else in `state.asked`.
+    pub(crate) fn take_or_queue(
+        &self,
+        cluster: &Arc<Cluster>,
+        pool: &Arc<Pool>,
+        state: &mut PoolState,
+    ) -> Option<Slot> {
+        let mut budget = self.lock();
+        if budget.open < budget.max && budget.queue.is_empty() {
+            budget.open += 1;
+            Some(self.count(&mut budget, cluster, pool, state))
+        } else {
+            state.asked += 1;
+            if !pool.queued.swap(true, Relaxed) {
+                if !budget.holders.contains_key(&pool.id) {
+                    self.demand.fetch_add(1, Relaxed);
+                }
+                budget.queue.push_back(pool.clone());
+                self.queued.store(budget.queue.len(), Relaxed);
+            }
+            None
+        }
+    }
+
+    /// A free place for `pool` when no tenant is queued, else `None` (used to keep
+    /// `min_pool_size` warm only when the budget allows). `pool`'s lock is held.
+    pub(crate) fn take_spare(
+        &self,
+        cluster: &Arc<Cluster>,
+        pool: &Arc<Pool>,
+        state: &mut PoolState,
+    ) -> Option<Slot> {
+        let mut budget = self.lock();
+        (budget.open < budget.max && budget.queue.is_empty()).then(|| {
+            budget.open += 1;
+            self.count(&mut budget, cluster, pool, state)
+        })
+    }
+
+    fn count(
+        &self,
+        budget: &mut State,
+        cluster: &Arc<Cluster>,
+        pool: &Arc<Pool>,
+        state: &mut PoolState,
+    ) -> Slot {
+        let mut slot = Slot::new(cluster);
+        slot.counted_in(pool);
+        state.open += 1;
+        if state.open == 1 {
+            self.insert_holder(budget, pool);
+        }
+        slot
+    }
+
+    fn insert_holder(&self, budget: &mut State, pool: &Arc<Pool>) {
+        let new = budget
+            .holders
+            .insert(pool.id, Arc::downgrade(pool))
+            .is_none();
+        if new && !pool.queued.load(Relaxed) {
+            self.demand.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// `pool` now holds a place again (its count went from 0 to 1 outside `count`).
+    pub(crate) fn add_holder(&self, pool: &Arc<Pool>) {
+        let mut budget = self.lock();
+        self.insert_holder(&mut budget, pool);
+    }
+
+    /// `pool` holds no place any more.
+    pub(crate) fn remove_holder(&self, pool: &Pool) {
+        let mut budget = self.lock();
+        if budget.holders.remove(&pool.id).is_some() && !pool.queued.load(Relaxed) {
+            self.demand.fetch_sub(1, Relaxed);
+        }
+    }
+
+    fn release(&self) {
+        let mut budget = self.lock();
+        budget.open -= 1;
+    }
+
+    /// Gives free places to queued tenants, one per tenant per turn.
+    fn hand_out(&self, cluster: &Arc<Cluster>) {
+        let mut unused: Option<Slot> = None;
+        loop {
+            let pool = {
+                let mut budget = self.lock();
+                if let Some(mut slot) = unused.take() {
+                    // Given back without a drop, which would re-enter this loop.
+                    slot.cluster = None;
+                    budget.open -= 1;
+                }
+                if budget.open >= budget.max {
+                    return;
+                }
+                let Some(pool) = budget.queue.pop_front() else {
+                    return;
+                };
+                pool.queued.store(false, Relaxed);
+                if !budget.holders.contains_key(&pool.id) {
+                    self.demand.fetch_sub(1, Relaxed);
+                }
+                self.queued.store(budget.queue.len(), Relaxed);
+                budget.open += 1;
+                pool
+            };
+            match pool.accept(Slot::new(cluster)) {
+                Ok(wants_more) => {
+                    if wants_more {
+                        let mut budget = self.lock();
+                        if !pool.queued.swap(true, Relaxed) {
+                            if !budget.holders.contains_key(&pool.id) {
+                                self.demand.fetch_add(1, Relaxed);
+                            }
+                            budget.queue.push_back(pool);
+                            self.queued.store(budget.queue.len(), Relaxed);
+                        }
+                    }
+                }
+                Err(slot) => unused = Some(slot),
+            }
+        }
+    }
+
+    /// Closes the longest-idle connection of another tenant, so that its place goes to
+    /// the queue; `requester` (queued) has `requester_open` places. A tenant at or
+    /// under its fair share loses a connection to one over its share only after
+    /// [`EVICTION_GRACE`] of idleness. Returns whether a connection was closed.
+    pub(crate) fn make_room(&self, requester: &Arc<Pool>, requester_open: usize) -> bool {
+        let holders: Vec<Arc<Pool>> = {
+            let budget = self.lock();
+            budget
+                .holders
+                .iter()
+                .filter(|(&id, _)| id != requester.id)
+                .filter_map(|(_, pool)| pool.upgrade())
+                .collect()
+        };
+        let requester_over = self.over_fair_share(requester_open + 1);
+        let now = Instant::now();
+        let victim = holders
+            .into_iter()
+            .filter_map(|pool| {
+                let (since, open) = pool.oldest_idle()?;
+                let allowed = !requester_over
+                    || self.over_fair_share(open)
+                    || now.duration_since(since) >= EVICTION_GRACE;
+                allowed.then_some((since, pool))
+            })
+            .min_by_key(|(since, _)| *since);
+        let Some((since, pool)) = victim else {
+            return false;
+        };
+        match pool.evict_idle_since(since) {
+            Some(conn) => {
+                pool.cluster().metrics.disconnected(Disconnect::Evicted);
+                drop(conn);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Waits until this cluster may open another connection under
+    /// `max_connects_per_second`. Each caller reserves the next opening time, so the
+    /// openings are spaced evenly whatever the concurrency.
+    pub async fn pace(&self) {
+        let interval = self.connect_interval_nanos.load(Relaxed);
+        if interval == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let at = {
+            let mut next = self
+                .next_connect
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let at = (*next).max(now);
+            *next = at + Duration::from_nanos(interval);
+            at
+        };
+        if at > now {
+            tokio::time::sleep_until(at.into()).await;
+        }
+    }
+}
+
+fn interval_nanos(per_second: u32) -> u64 {
+    if per_second == 0 {
+        0
+    } else {
+        1_000_000_000 / u64::from(per_second)
+    }
+}
