@@ -16,7 +16,10 @@ use sluice_protocol::backend::encode_parameter_status;
 use sluice_protocol::startup::StartupMessage;
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+
+/// How many distinct parameter sets `RecentSets` remembers.
+const RECENT_SETS: usize = 8;
 
 /// Parameter values by name; names compare case-insensitively, as PostgreSQL's do.
 ///
@@ -105,6 +108,35 @@ impl Parameters {
         for (name, default) in reported.iter() {
             encode_parameter_status(buf, name, self.get(name).unwrap_or(default));
         }
+    }
+}
+
+/// The parameter sets clients logged in with lately, so that clients asking for the same
+/// settings (typically every client of an application) share one map instead of holding
+/// a copy each for as long as they stay connected.
+#[derive(Default)]
+pub struct RecentSets {
+    sets: Mutex<Vec<Weak<BTreeMap<String, (String, String)>>>>,
+}
+
+impl RecentSets {
+    /// Makes `params` share the map of an equal set seen lately, or remembers it.
+    pub fn share(&self, params: &mut Parameters) {
+        // The critical section only edits the list, so a poisoned lock still holds valid data.
+        let mut sets = self.sets.lock().unwrap_or_else(PoisonError::into_inner);
+        sets.retain(|set| set.strong_count() > 0);
+        if let Some(equal) = sets
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|set| **set == *params.values)
+        {
+            params.values = equal;
+            return;
+        }
+        if sets.len() == RECENT_SETS {
+            sets.remove(0);
+        }
+        sets.push(Arc::downgrade(&params.values));
     }
 }
 
@@ -349,6 +381,23 @@ mod tests {
         client.set("application_name", "app");
         assert_eq!(server.current.get("application_name"), Some(""));
         assert_eq!(client.get("application_name"), Some("app"));
+    }
+
+    #[test]
+    fn clients_asking_for_the_same_settings_share_one_map() {
+        let recent = RecentSets::default();
+        let mut first = params(&[("application_name", "app")]);
+        let mut second = params(&[("application_name", "app")]);
+        let mut other = params(&[("application_name", "other")]);
+        recent.share(&mut first);
+        recent.share(&mut second);
+        recent.share(&mut other);
+        assert!(Arc::ptr_eq(&first.values, &second.values));
+        assert!(!Arc::ptr_eq(&first.values, &other.values));
+        drop((first, second));
+        let mut third = params(&[("application_name", "app")]);
+        recent.share(&mut third);
+        assert_eq!(third.get("application_name"), Some("app"));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use crate::cancel::CancelRegistry;
 use crate::config::Config;
+use crate::params::RecentSets;
 use crate::tenant::{Tenant, Tenants};
 use crate::tls::{ClientTls, TlsError};
 use arc_swap::ArcSwap;
@@ -29,6 +30,8 @@ pub struct Shared {
     pub shutdown: Notify,
     pub metrics: PrometheusHandle,
     pub started_at: SystemTime,
+    /// Clients' session parameters, shared between equal sets.
+    pub parameter_sets: RecentSets,
 }
 
 impl Shared {
@@ -50,6 +53,7 @@ impl Shared {
             shutdown: Notify::new(),
             metrics,
             started_at: SystemTime::now(),
+            parameter_sets: RecentSets::default(),
         })
     }
 

@@ -208,8 +208,9 @@ async fn start(
             reported
         }
     };
-    let desired =
+    let mut desired =
         params::desired(&reported, &startup).map_err(|e| SessionError::Protocol(e.to_string()))?;
+    shared.parameter_sets.share(&mut desired);
     let mut greeting = BytesMut::with_capacity(1024);
     backend::encode_auth_ok(&mut greeting);
     desired.encode_status(&reported, &mut greeting);
