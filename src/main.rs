@@ -4,6 +4,8 @@
 //! runtime, the listener and signal handling.
 
 mod admin;
+#[cfg(test)]
+mod alloc_count;
 mod budget;
 mod cancel;
 mod cluster;

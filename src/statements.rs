@@ -103,11 +103,19 @@ impl ClientStatements {
     }
 
     /// The unnamed Parse to replay before a Bind/Describe of the unnamed statement on
-    /// `server`, when `server` does not hold this client's latest one.
-    pub fn unnamed_to_replay(&self, server: &ServerStatements) -> Option<(&[u8], UnnamedOwner)> {
+    /// `server`, when `server` neither holds this client's latest one nor has it on the
+    /// way (`in_flight`: sent on this lease, not yet answered). Should that Parse fail,
+    /// the server answers the Bind as PostgreSQL would without sluice.
+    pub fn unnamed_to_replay(
+        &self,
+        server: &ServerStatements,
+        in_flight: &ResponseFilter,
+    ) -> Option<(&[u8], UnnamedOwner)> {
         let owner = self.unnamed_owner();
-        (self.unnamed_seq != 0 && server.unnamed != Some(owner))
-            .then_some((&self.unnamed_parse[..], owner))
+        (self.unnamed_seq != 0
+            && server.unnamed != Some(owner)
+            && !in_flight.unnamed_parse_pending(owner))
+        .then_some((&self.unnamed_parse[..], owner))
     }
 
     /// `DEALLOCATE ALL` or `DISCARD ALL`: the client has no statements any more.
@@ -253,6 +261,22 @@ impl ResponseFilter {
         });
     }
 
+    /// Forgets everything expected, keeping the queues' memory for the next lease.
+    pub fn clear(&mut self) {
+        self.parses.clear();
+        self.closes.clear();
+        self.batches_sent = 0;
+        self.batches_done = 0;
+        self.swallows = 0;
+    }
+
+    /// True while `owner`'s unnamed Parse has been sent and not yet answered.
+    fn unnamed_parse_pending(&self, owner: UnnamedOwner) -> bool {
+        self.parses
+            .iter()
+            .any(|e| matches!(e.what, Confirm::Unnamed(sent) if sent == owner))
+    }
+
     /// A Sync, Query or FunctionCall was sent: it ends a batch.
     pub fn batch_sent(&mut self) {
         self.batches_sent += 1;
@@ -349,6 +373,7 @@ impl Plan {
     pub fn for_use(
         server: &mut ServerStatements,
         client: &ClientStatements,
+        in_flight: &ResponseFilter,
         capacity: usize,
         name: &[u8],
     ) -> Plan {
@@ -362,7 +387,7 @@ impl Plan {
                     ..Plan::default()
                 };
             }
-            let Some((parse, owner)) = client.unnamed_to_replay(server) else {
+            let Some((parse, owner)) = client.unnamed_to_replay(server, in_flight) else {
                 return Plan::default();
             };
             server.set_unnamed(None);
@@ -474,15 +499,39 @@ mod tests {
     fn unnamed_parse_is_replayed_only_on_servers_without_it() {
         let mut client = ClientStatements::new(7);
         let mut server = ServerStatements::new();
+        let none_in_flight = ResponseFilter::default();
         assert!(
-            client.unnamed_to_replay(&server).is_none(),
+            client.unnamed_to_replay(&server, &none_in_flight).is_none(),
             "nothing to replay yet"
         );
         let owner = client.remember_unnamed(b"P...");
-        assert!(client.unnamed_to_replay(&server).is_some());
+        assert!(client.unnamed_to_replay(&server, &none_in_flight).is_some());
         server.set_unnamed(Some(owner));
-        assert!(client.unnamed_to_replay(&server).is_none());
+        assert!(client.unnamed_to_replay(&server, &none_in_flight).is_none());
         client.remember_unnamed(b"P2..");
-        assert_eq!(client.unnamed_to_replay(&server).unwrap().0, b"P2..");
+        assert_eq!(
+            client
+                .unnamed_to_replay(&server, &none_in_flight)
+                .unwrap()
+                .0,
+            b"P2.."
+        );
+    }
+
+    #[test]
+    fn an_unnamed_parse_on_its_way_to_the_server_is_not_replayed() {
+        let mut client = ClientStatements::new(7);
+        let mut server = ServerStatements::new();
+        let mut filter = ResponseFilter::default();
+        let owner = client.remember_unnamed(b"P...");
+        filter.parse_sent(false, Confirm::Unnamed(owner));
+        assert!(client.unnamed_to_replay(&server, &filter).is_none());
+        // Answered with an error instead: gone with its batch, the server has none.
+        filter.batch_sent();
+        filter.batch_done(Some(&mut client));
+        assert!(client.unnamed_to_replay(&server, &filter).is_some());
+        filter.parse_sent(false, Confirm::Unnamed(owner));
+        assert!(!filter.parse_complete(&mut server));
+        assert!(client.unnamed_to_replay(&server, &filter).is_none());
     }
 }

@@ -19,6 +19,8 @@
 
 mod buffers;
 mod interrupts;
+#[cfg(test)]
+mod tests;
 mod translate;
 
 use buffers::{
@@ -223,7 +225,7 @@ impl<'a> Relay<'a> {
             return;
         };
         self.lease_ended(&server);
-        self.filter = ResponseFilter::default();
+        self.filter.clear();
         if self.cancel.detach() {
             let cancel = self.cancel.clone();
             tokio::spawn(async move {

@@ -174,7 +174,7 @@ impl Relay<'_> {
                     // PostgreSQL refuses a name in use (42P05) and keeps the statement:
                     // make sure the server has it, then ask it to prepare it again.
                     name_in_use = true;
-                    Plan::for_use(server, client, capacity, parse.statement)
+                    Plan::for_use(server, client, &self.filter, capacity, parse.statement)
                 } else {
                     // The client's own Parse: its ParseComplete is the client's to see,
                     // and the name stays known only if the server accepts it.
@@ -185,14 +185,14 @@ impl Relay<'_> {
             }
             b'B' => {
                 let bind = extended::parse_bind(body)?;
-                Plan::for_use(server, client, capacity, bind.statement)
+                Plan::for_use(server, client, &self.filter, capacity, bind.statement)
             }
             b'D' => {
                 let target = extended::parse_target(body)?;
                 if !target.is_statement() {
                     return Ok(false);
                 }
-                Plan::for_use(server, client, capacity, target.name)
+                Plan::for_use(server, client, &self.filter, capacity, target.name)
             }
             _ => {
                 let target = extended::parse_target(body)?;
