@@ -14,6 +14,7 @@
 use bytes::BytesMut;
 use sluice_protocol::backend::encode_parameter_status;
 use sluice_protocol::startup::StartupMessage;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -41,17 +42,18 @@ impl PartialEq for Parameters {
 
 impl Parameters {
     pub fn set(&mut self, name: &str, value: &str) {
-        let key = name.to_ascii_lowercase();
-        match self.values.get(&key) {
+        let key = lookup_key(name);
+        match self.values.get(&*key) {
             Some((_, current)) if current == value => {}
             Some(_) => {
                 let (_, current) = Arc::make_mut(&mut self.values)
-                    .get_mut(&key)
+                    .get_mut(&*key)
                     .expect("present above");
                 value.clone_into(current);
             }
             None => {
-                Arc::make_mut(&mut self.values).insert(key, (name.to_owned(), value.to_owned()));
+                Arc::make_mut(&mut self.values)
+                    .insert(key.into_owned(), (name.to_owned(), value.to_owned()));
             }
         }
     }
@@ -69,18 +71,18 @@ impl Parameters {
 
     pub fn get(&self, name: &str) -> Option<&str> {
         self.values
-            .get(&name.to_ascii_lowercase())
+            .get(&*lookup_key(name))
             .map(|(_, value)| value.as_str())
     }
 
     fn contains(&self, name: &str) -> bool {
-        self.values.contains_key(&name.to_ascii_lowercase())
+        self.values.contains_key(&*lookup_key(name))
     }
 
     fn remove(&mut self, name: &str) {
-        let key = name.to_ascii_lowercase();
-        if self.values.contains_key(&key) {
-            Arc::make_mut(&mut self.values).remove(&key);
+        let key = lookup_key(name);
+        if self.values.contains_key(&*key) {
+            Arc::make_mut(&mut self.values).remove(&*key);
         }
     }
 
@@ -105,9 +107,19 @@ impl Parameters {
 
     /// ParameterStatus messages for the parameters `reported` lists, with these values.
     pub fn encode_status(&self, reported: &Parameters, buf: &mut BytesMut) {
-        for (name, default) in reported.iter() {
-            encode_parameter_status(buf, name, self.get(name).unwrap_or(default));
+        for (key, (name, default)) in reported.values.iter() {
+            let value = self.values.get(key).map_or(default, |(_, value)| value);
+            encode_parameter_status(buf, name, value);
         }
+    }
+}
+
+/// The map key of `name`: lowercased, borrowed when it already is (most names are).
+fn lookup_key(name: &str) -> Cow<'_, str> {
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(name)
     }
 }
 

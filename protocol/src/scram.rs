@@ -18,6 +18,7 @@ use std::str::FromStr;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use ring::{digest, hmac, pbkdf2};
+use subtle::ConstantTimeEq;
 
 use crate::frame::MAX_LOGIN_MESSAGE_LEN;
 
@@ -248,11 +249,7 @@ impl ScramServer {
         );
         let client_signature = hmac_sha256(&self.secret.stored_key, auth_message.as_bytes());
         let client_key = xor(&proof, &client_signature);
-        if !equal_in_constant_time(
-            &sha256(&client_key),
-            &self.secret.stored_key,
-            &self.secret.server_key,
-        ) {
+        if !equal_in_constant_time(&sha256(&client_key), &self.secret.stored_key) {
             return Err(ScramError::InvalidProof);
         }
         let server_signature = hmac_sha256(&self.secret.server_key, auth_message.as_bytes());
@@ -573,12 +570,9 @@ fn xor(a: &Key, b: &Key) -> Key {
     std::array::from_fn(|i| a[i] ^ b[i])
 }
 
-/// Compares `a` and `b` without an early exit: ring exposes constant-time comparison only as
-/// HMAC verification, so `b` is MACed under a secret key and `a` verified against that tag.
-fn equal_in_constant_time(a: &Key, b: &Key, secret: &[u8]) -> bool {
-    let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
-    let tag = hmac::sign(&key, b);
-    hmac::verify(&key, a, tag.as_ref()).is_ok()
+/// Compares `a` and `b` without an early exit.
+fn equal_in_constant_time(a: &Key, b: &Key) -> bool {
+    bool::from(a.ct_eq(b))
 }
 
 #[cfg(test)]
