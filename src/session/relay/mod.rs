@@ -325,16 +325,10 @@ impl<'a> Relay<'a> {
                     () = Deadline::sleep(deadline) => return Err(self.timeouts.expired(false)),
                     ready = tcp.readable() => ready.map_err(SessionError::ClientIo)?,
                 }
-                let mut buf = take_read_buffer();
-                let read = tcp.try_read_buf(&mut buf);
-                self.to_server.buf = buf;
-                match read {
-                    Ok(n) => self.client_read(n),
-                    // A spurious readiness; the caller waits again.
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(SessionError::ClientIo(e)),
-                }
-                return Ok(());
+                // The read below then completes at once. It goes through `poll_read`, not
+                // `try_read`: a short read clears the socket's readiness there, so the next
+                // read waits for epoll instead of costing a `recvfrom` that finds nothing.
+                self.to_server.buf = take_read_buffer();
             }
         }
         let buf = &mut self.to_server.buf;
