@@ -22,6 +22,9 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 /// How many distinct parameter sets `RecentSets` remembers.
 const RECENT_SETS: usize = 8;
 
+/// Lowercased name → (name as first seen, value).
+type ParameterMap = BTreeMap<String, (String, String)>;
+
 /// Parameter values by name; names compare case-insensitively, as PostgreSQL's do.
 ///
 /// Copies share one map until one of them changes. Most clients and server connections
@@ -30,8 +33,7 @@ const RECENT_SETS: usize = 8;
 /// later comparisons are a pointer compare.
 #[derive(Clone, Debug, Default, Eq)]
 pub struct Parameters {
-    /// Lowercased name → (name as first seen, value).
-    values: Arc<BTreeMap<String, (String, String)>>,
+    values: Arc<ParameterMap>,
 }
 
 impl PartialEq for Parameters {
@@ -128,7 +130,7 @@ fn lookup_key(name: &str) -> Cow<'_, str> {
 /// a copy each for as long as they stay connected.
 #[derive(Default)]
 pub struct RecentSets {
-    sets: Mutex<Vec<Weak<BTreeMap<String, (String, String)>>>>,
+    sets: Mutex<Vec<Weak<ParameterMap>>>,
 }
 
 impl RecentSets {
