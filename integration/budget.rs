@@ -275,7 +275,7 @@ async fn a_waiting_client_bursts_into_the_reserve_pool() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_login_storm_opens_connections_no_faster_than_the_bound() {
-    const RATE: u32 = 100;
+    const RATE: u32 = 50;
     const TENANTS: usize = 100;
     const CLIENTS: usize = 500;
     let pg = Postgres::shared();
@@ -292,23 +292,8 @@ async fn a_login_storm_opens_connections_no_faster_than_the_bound() {
                 .query_wait_timeout("60s"),
         );
     }
-    let sluice = Arc::new(Sluice::start(&config));
+    let sluice = Sluice::start(&config);
 
-    let running = Arc::new(AtomicBool::new(true));
-    let sampler = {
-        let (sluice, running) = (sluice.clone(), running.clone());
-        std::thread::spawn(move || {
-            let mut samples = Vec::new();
-            while running.load(Ordering::Relaxed) {
-                samples.push((
-                    Instant::now(),
-                    cluster_metric(&sluice, "sluice_server_connects_total"),
-                ));
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            samples
-        })
-    };
     let mut clients = Vec::new();
     for i in 0..CLIENTS {
         let (addr, tenant) = (sluice.addr(), tenants[i % TENANTS].clone());
@@ -321,29 +306,67 @@ async fn a_login_storm_opens_connections_no_faster_than_the_bound() {
         let user = client.await.expect("client");
         assert_eq!(user.as_deref(), Some(tenants[i % TENANTS].user.as_str()));
     }
-    running.store(false, Ordering::Relaxed);
-    let samples = sampler.join().expect("sampler");
-
-    let total = samples.last().expect("samples").1;
-    assert!(
-        total >= TENANTS as f64,
-        "only {total} connects for {TENANTS} tenants"
-    );
-    // Between two samples at least a second apart, at most RATE connects per second of
-    // the interval. Openings are paced exactly; the counter moves when a login completes,
-    // which jitters by a login's duration at each end of the interval: two connects of slack.
-    let mut worst = 0.0f64;
-    for (i, &(start, first)) in samples.iter().enumerate() {
-        if let Some(&(end, last)) = samples[i..]
-            .iter()
-            .find(|(at, _)| at.duration_since(start) >= Duration::from_secs(1))
-        {
-            let seconds = end.duration_since(start).as_secs_f64();
-            worst = worst.max((last - first - 2.0) / seconds);
+    // PostgreSQL logs every login it authorizes, with a millisecond timestamp: the
+    // server's own count of connections opened in any one-second window.
+    let needle = format!("connection authorized: user={}_", tenants[0].database);
+    let mut opened: Vec<u64> = pg
+        .log()
+        .lines()
+        .filter(|line| line.contains(&needle))
+        .map(log_millis)
+        .collect();
+    // A run across midnight: times after it count from the day before.
+    if opened.iter().any(|&t| t < 3_600_000) && opened.iter().any(|&t| t > 82_800_000) {
+        for t in opened.iter_mut().filter(|t| **t < 3_600_000) {
+            *t += 86_400_000;
         }
     }
+    opened.sort_unstable();
+    let most_in_a_second = opened
+        .iter()
+        .enumerate()
+        .map(|(i, &start)| {
+            opened[i..]
+                .iter()
+                .take_while(|&&t| t < start + 1000)
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
     assert!(
-        worst <= f64::from(RATE),
-        "{worst:.1} connects/s over a window, bound {RATE}/s ({total} connects)"
+        opened.len() >= TENANTS,
+        "only {} logins of {TENANTS} tenants in PostgreSQL's log",
+        opened.len()
     );
+    // sluice spaces the openings exactly; PostgreSQL logs a login when it completes,
+    // which on a loaded 2-core machine varies by tens of milliseconds, so a window can
+    // catch a few more than the bound. Over the whole storm the rate is the bound.
+    assert!(
+        most_in_a_second as f64 <= f64::from(RATE) * 1.15,
+        "{most_in_a_second} server logins within one second, bound {RATE}/s ({} in all)",
+        opened.len()
+    );
+    let span = (opened[opened.len() - 1] - opened[0]) as f64 / 1000.0;
+    let sustained = (opened.len() - 1) as f64 / span;
+    assert!(
+        sustained <= f64::from(RATE) * 1.02,
+        "{sustained:.1} server logins per second over {span:.1} s, bound {RATE}/s"
+    );
+    assert_eq!(
+        cluster_metric(&sluice, "sluice_server_connects_total"),
+        opened.len() as f64
+    );
+}
+
+/// Milliseconds since midnight of a PostgreSQL log line starting `YYYY-MM-DD HH:MM:SS.mmm`.
+fn log_millis(line: &str) -> u64 {
+    let time = line
+        .get(11..23)
+        .unwrap_or_else(|| panic!("log line {line:?}"));
+    let field = |range: std::ops::Range<usize>| -> u64 {
+        time[range]
+            .parse()
+            .unwrap_or_else(|_| panic!("log time in {line:?}"))
+    };
+    ((field(0..2) * 60 + field(3..5)) * 60 + field(6..8)) * 1000 + field(9..12)
 }

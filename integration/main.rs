@@ -23,6 +23,7 @@ mod operations;
 mod pgbench;
 mod pipeline;
 mod prepared;
+mod scale;
 mod session_params;
 mod timeouts;
 mod tls;

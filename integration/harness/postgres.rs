@@ -23,11 +23,16 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+use sluice_protocol::scram::ScramSecret;
+
 use super::client::{self, conninfo, Endpoint};
 use super::process::{
     free_port, is_root, output_with_timeout, pg_bindir, pg_tool, poll_until, random_token, which,
 };
 use super::tls;
+
+/// SCRAM iterations of the roles [`Postgres::create_tenant_group`] makes.
+pub const GROUP_SCRAM_ITERATIONS: u32 = 16;
 
 /// Login details of a tenant made by [`Postgres::create_tenant`]: a LOGIN role whose
 /// password is stored as a SCRAM-SHA-256 verifier, and a database it owns.
@@ -171,28 +176,45 @@ impl Postgres {
     }
 
     /// `count` tenants sharing one new database, as in a schema-per-tenant layout: roles
-    /// `<name>_<n>_<i>` with passwords `<token>_<i>`, made in one round trip so that
-    /// thousands take seconds.
+    /// `<name>_<n>_<i>` with their own passwords, made in one round trip so that thousands
+    /// take seconds. The passwords are stored as SCRAM verifiers of few iterations
+    /// ([`GROUP_SCRAM_ITERATIONS`]): hashing thousands at PostgreSQL's 4096 would take
+    /// the server longer than the test.
     pub fn create_tenant_group(&self, name: &str, count: usize) -> Vec<TenantDb> {
         let database = self.create_tenant(name).database;
         let token = random_token();
-        let create_roles = format!(
-            "DO $$ BEGIN FOR i IN 0..{last} LOOP \
-             EXECUTE format('CREATE ROLE %I LOGIN PASSWORD %L', {prefix} || i, {token} || i); \
-             END LOOP; END $$",
-            last = count - 1,
-            prefix = literal(&format!("{database}_")),
-            token = literal(&format!("{token}_")),
-        );
-        self.superuser_psql("postgres", &[&create_roles])
-            .unwrap_or_else(|e| panic!("creating tenant group {name}: {e}"));
-        (0..count)
+        let tenants: Vec<TenantDb> = (0..count)
             .map(|i| TenantDb {
                 database: database.clone(),
                 user: format!("{database}_{i}"),
                 password: format!("{token}_{i}"),
             })
-            .collect()
+            .collect();
+        // In chunks: one command-line argument may hold at most 128 KiB.
+        let create_roles: Vec<String> = tenants
+            .chunks(200)
+            .map(|chunk| {
+                chunk
+                    .iter()
+                    .map(|t| {
+                        let verifier = ScramSecret::from_password(
+                            &t.password,
+                            t.user.as_bytes(),
+                            GROUP_SCRAM_ITERATIONS,
+                        );
+                        format!(
+                            "CREATE ROLE {} LOGIN PASSWORD {};\n",
+                            ident(&t.user),
+                            literal(&verifier.to_string())
+                        )
+                    })
+                    .collect()
+            })
+            .collect();
+        let commands: Vec<&str> = create_roles.iter().map(String::as_str).collect();
+        self.superuser_psql("postgres", &commands)
+            .unwrap_or_else(|e| panic!("creating tenant group {name}: {e}"));
+        tenants
     }
 
     /// Runs `sql` (one query string) as superuser in database `postgres`; returns psql's
@@ -343,7 +365,7 @@ fn init_and_start(bindir: &Path, dir: &Path, flavor: Flavor) -> Result<Postgres,
          max_connections = 300\nshared_buffers = '32MB'\n\
          password_encryption = 'scram-sha-256'\n\
          fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
-         log_line_prefix = '%m [%p] %q%u@%d '\n{tls_settings}"
+         log_line_prefix = '%m [%p] %q%u@%d '\nlog_connections = on\n{tls_settings}"
     );
     OpenOptions::new()
         .append(true)
