@@ -32,6 +32,9 @@ pub struct Budget {
     queued: AtomicUsize,
     /// Tenants holding a place or queued for one, for the fair share.
     demand: AtomicUsize,
+    /// Places taken: connections open or being opened. Changed only under the lock,
+    /// read without it.
+    open: AtomicUsize,
     max: AtomicUsize,
     /// Nanoseconds between two connection openings; 0: no pacing.
     connect_interval_nanos: AtomicU64,
@@ -40,8 +43,6 @@ pub struct Budget {
 
 struct State {
     max: usize,
-    /// Places taken: connections open or being opened.
-    open: usize,
     /// Tenants waiting for a place, each at most once (`Pool::queued`).
     queue: VecDeque<Arc<Pool>>,
     /// Tenants holding at least one place, by pool id: where eviction looks.
@@ -95,12 +96,12 @@ impl Budget {
         Budget {
             state: Mutex::new(State {
                 max,
-                open: 0,
                 queue: VecDeque::new(),
                 holders: HashMap::new(),
             }),
             queued: AtomicUsize::new(0),
             demand: AtomicUsize::new(0),
+            open: AtomicUsize::new(0),
             max: AtomicUsize::new(max),
             connect_interval_nanos: AtomicU64::new(interval_nanos(max_connects_per_second)),
             next_connect: Mutex::new(Instant::now()),
@@ -112,7 +113,8 @@ impl Budget {
     }
 
     /// Applies a reloaded `max_server_connections` and `max_connects_per_second`. A
-    /// smaller budget takes effect as connections close.
+    /// smaller budget closes idle connections over it at once, and the rest as they
+    /// are returned.
     pub fn reconfigure(&self, cluster: &Arc<Cluster>, max: u32, max_connects_per_second: u32) {
         self.connect_interval_nanos
             .store(interval_nanos(max_connects_per_second), Relaxed);
@@ -121,12 +123,18 @@ impl Budget {
             state.max = max as usize;
             self.max.store(max as usize, Relaxed);
         }
+        self.shed_excess();
         self.hand_out(cluster);
     }
 
     /// Places in use: connections open or being opened.
     pub fn used(&self) -> usize {
-        self.lock().open
+        self.open.load(Relaxed)
+    }
+
+    /// True while more places are taken than the budget has (it shrank on reload).
+    pub fn over_budget(&self) -> bool {
+        self.open.load(Relaxed) > self.max.load(Relaxed)
     }
 
     /// Tenants waiting for a place.
@@ -149,8 +157,8 @@ impl Budget {
         state: &mut PoolState,
     ) -> Option<Slot> {
         let mut budget = self.lock();
-        if budget.open < budget.max && budget.queue.is_empty() {
-            budget.open += 1;
+        if self.open.load(Relaxed) < budget.max && budget.queue.is_empty() {
+            self.open.fetch_add(1, Relaxed);
             Some(self.count(&mut budget, cluster, pool, state))
         } else {
             state.asked += 1;
@@ -174,8 +182,8 @@ impl Budget {
         state: &mut PoolState,
     ) -> Option<Slot> {
         let mut budget = self.lock();
-        (budget.open < budget.max && budget.queue.is_empty()).then(|| {
-            budget.open += 1;
+        (self.open.load(Relaxed) < budget.max && budget.queue.is_empty()).then(|| {
+            self.open.fetch_add(1, Relaxed);
             self.count(&mut budget, cluster, pool, state)
         })
     }
@@ -221,8 +229,8 @@ impl Budget {
     }
 
     fn release(&self) {
-        let mut budget = self.lock();
-        budget.open -= 1;
+        let _budget = self.lock();
+        self.open.fetch_sub(1, Relaxed);
     }
 
     /// Gives free places to queued tenants, one per tenant per turn.
@@ -234,9 +242,9 @@ impl Budget {
                 if let Some(mut slot) = unused.take() {
                     // Given back without a drop, which would re-enter this loop.
                     slot.cluster = None;
-                    budget.open -= 1;
+                    self.open.fetch_sub(1, Relaxed);
                 }
-                if budget.open >= budget.max {
+                if self.open.load(Relaxed) >= budget.max {
                     return;
                 }
                 let Some(pool) = budget.queue.pop_front() else {
@@ -247,7 +255,7 @@ impl Budget {
                     self.demand.fetch_sub(1, Relaxed);
                 }
                 self.queued.store(budget.queue.len(), Relaxed);
-                budget.open += 1;
+                self.open.fetch_add(1, Relaxed);
                 pool
             };
             match pool.accept(Slot::new(cluster)) {
@@ -273,25 +281,46 @@ impl Budget {
     /// under its fair share loses a connection to one over its share only after
     /// [`EVICTION_GRACE`] of idleness. Returns whether a connection was closed.
     pub(crate) fn make_room(&self, requester: &Arc<Pool>, requester_open: usize) -> bool {
+        let requester_over = self.over_fair_share(requester_open + 1);
+        let now = Instant::now();
+        self.evict_longest_idle(Some(requester.id), |since, open| {
+            !requester_over
+                || self.over_fair_share(open)
+                || now.duration_since(since) >= EVICTION_GRACE
+        })
+    }
+
+    /// Closes idle connections, longest idle first, while more places are taken than
+    /// the budget has (after it shrank on reload).
+    fn shed_excess(&self) {
+        while self.used() > self.max.load(Relaxed) {
+            if !self.evict_longest_idle(None, |_, _| true) {
+                return;
+            }
+        }
+    }
+
+    /// Closes the longest-idle connection among the pools other than `except` for
+    /// which `allowed(idle since, places the pool holds)`; returns whether it did.
+    fn evict_longest_idle(
+        &self,
+        except: Option<u64>,
+        allowed: impl Fn(Instant, usize) -> bool,
+    ) -> bool {
         let holders: Vec<Arc<Pool>> = {
             let budget = self.lock();
             budget
                 .holders
                 .iter()
-                .filter(|(&id, _)| id != requester.id)
+                .filter(|(&id, _)| Some(id) != except)
                 .filter_map(|(_, pool)| pool.upgrade())
                 .collect()
         };
-        let requester_over = self.over_fair_share(requester_open + 1);
-        let now = Instant::now();
         let victim = holders
             .into_iter()
             .filter_map(|pool| {
                 let (since, open) = pool.oldest_idle()?;
-                let allowed = !requester_over
-                    || self.over_fair_share(open)
-                    || now.duration_since(since) >= EVICTION_GRACE;
-                allowed.then_some((since, pool))
+                allowed(since, open).then_some((since, pool))
             })
             .min_by_key(|(since, _)| *since);
         let Some((since, pool)) = victim else {
