@@ -486,3 +486,42 @@ async fn a_smaller_budget_on_reload_closes_idle_connections_over_it() {
     let (most, _) = sampler.await.expect("sampler");
     assert!(most <= 2, "{most} server connections after shrinking to 2");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_pool_size_is_kept_warm_as_far_as_the_budget_allows() {
+    let pg = Postgres::shared();
+    let group = pg.create_tenant_group("warm", 2);
+    let mut config = SluiceConfig::new(pg).max_server_connections(3);
+    for tenant in &group {
+        config = config.tenant(Tenant::new(tenant).auth_type("md5").min_pool_size(2));
+    }
+    let sluice = Sluice::start(&config);
+    let prefix = format!("{}_", group[0].database);
+
+    // No client has logged in: sluice opens the connections on its own, and stops at
+    // the budget.
+    let observer = pg.superuser_client().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server_connections(&observer, &prefix).await < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "min_pool_size connections not opened"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        cluster_metric(&sluice, "sluice_cluster_server_connections"),
+        3.0
+    );
+    assert_eq!(server_connections(&observer, &prefix).await, 3);
+
+    // A client of either tenant is served from what is warm or by eviction.
+    for tenant in &group {
+        let client = connect(&sluice.addr(), tenant).await;
+        assert_eq!(
+            scalar(&client, "SELECT current_user").await.as_deref(),
+            Some(tenant.user.as_str())
+        );
+    }
+    assert!(server_connections(&observer, &prefix).await <= 3);
+}
