@@ -4,9 +4,11 @@
 //! runtime, the listener and signal handling.
 
 mod admin;
+mod auth_query;
 mod cancel;
 mod cluster;
 mod config;
+mod dynamic;
 mod http;
 mod listener;
 mod params;

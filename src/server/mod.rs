@@ -7,7 +7,7 @@
 mod connect;
 mod reset;
 
-pub use connect::{connect, ConnectError, ServerTarget};
+pub use connect::{connect, ConnectError, LearnedCredentials, ServerCredentials, ServerTarget};
 pub use reset::{reset, InFlight};
 
 use crate::cluster::BudgetPermit;
