@@ -367,3 +367,6 @@ fn rejected(body: &[u8]) -> ConnectError {
 fn protocol(e: impl std::fmt::Display) -> ConnectError {
     ConnectError::Protocol(e.to_string())
 }
+
+#[cfg(test)]
+mod tests;
