@@ -13,7 +13,9 @@
 
 use crate::cluster::{BudgetPermit, Cluster};
 use crate::config::{self, PasswordKind};
-use crate::server::{self, ConnectError, ServerConn, ServerCredentials, ServerTarget};
+use crate::server::{
+    self, ConnectError, ServerConn, ServerCredentials, ServerPassword, ServerTarget,
+};
 use crate::stats::ServerRegistry;
 use crate::wire::{flush, read_message, ReadError};
 use bytes::BytesMut;
@@ -104,7 +106,7 @@ impl AuthQuery {
         );
         let credentials = match password.password_kind() {
             PasswordKind::Md5Hash => ServerCredentials::Md5Hash(password.expose().to_owned()),
-            _ => ServerCredentials::Password(password.expose().to_owned()),
+            _ => ServerCredentials::Password(ServerPassword::new(password.expose())),
         };
         Some(AuthQuery {
             cluster,
@@ -121,9 +123,8 @@ impl AuthQuery {
     /// True when `settings` would build an identical lookup (reload keeps the cache).
     pub fn is_same(&self, settings: &config::Cluster, timeout: Duration) -> bool {
         let same_password = match (&self.credentials, &settings.auth_password) {
-            (ServerCredentials::Password(p) | ServerCredentials::Md5Hash(p), Some(s)) => {
-                p == s.expose()
-            }
+            (ServerCredentials::Password(p), Some(s)) => p.expose() == s.expose(),
+            (ServerCredentials::Md5Hash(p), Some(s)) => p == s.expose(),
             _ => false,
         };
         settings.auth_user.as_deref() == Some(self.user.as_str())

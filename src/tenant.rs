@@ -14,7 +14,7 @@ use crate::config::{AuthType, Config, PasswordKind, PoolMode, Secret, TenantSett
 use crate::dynamic::{DynamicTenants, Found};
 use crate::params::Parameters;
 use crate::pool::{self, ServerPool};
-use crate::server::{LearnedCredentials, ServerCredentials, ServerTarget};
+use crate::server::{LearnedCredentials, ServerCredentials, ServerPassword, ServerTarget};
 use crate::shared::Drain;
 use crate::stats::{ServerRegistry, TenantStats};
 use crate::tls::TlsError;
@@ -87,7 +87,7 @@ impl Tenant {
     fn with_auth(settings: TenantSettings, cluster: Arc<Cluster>, auth: ClientAuth) -> Self {
         let (credentials, learned) = match &settings.server_password {
             Some(password) => (
-                ServerCredentials::Password(password.expose().to_owned()),
+                ServerCredentials::Password(ServerPassword::new(password.expose())),
                 None,
             ),
             None => {

@@ -471,31 +471,10 @@ impl ScramClient {
             return Err(ScramError::OutOfOrder);
         };
         let server_first = message_text(message)?;
-        let mut parts = server_first.split(',');
-        let first = parts.next().unwrap_or_default();
-        if first.starts_with("m=") {
-            return Err(ScramError::ExtensionUnsupported);
-        }
-        let nonce = expect_attribute(Some(first), b'r', "expected nonce attribute r=")?;
+        let parsed = ServerFirst::parse(server_first)?;
+        let (nonce, salt, iterations) = (parsed.nonce, parsed.salt, parsed.iterations);
         if nonce.len() <= self.client_nonce.len() || !nonce.starts_with(&self.client_nonce) {
             return Err(ScramError::NonceMismatch);
-        }
-        if !is_printable(nonce) {
-            return Err(ScramError::Malformed("nonce is empty or not printable"));
-        }
-        let salt = expect_attribute(parts.next(), b's', "expected salt attribute s=")?;
-        let salt = BASE64
-            .decode(salt)
-            .map_err(|_| ScramError::Malformed("salt is not valid base64"))?;
-        let iterations =
-            expect_attribute(parts.next(), b'i', "expected iteration count attribute i=")?;
-        let iterations = parse_iterations(iterations).ok_or(ScramError::Malformed(
-            "iteration count is not a positive integer",
-        ))?;
-        if parts.next().is_some() {
-            return Err(ScramError::Malformed(
-                "attributes after the iteration count",
-            ));
         }
 
         let keys = match &self.credential {
@@ -557,6 +536,54 @@ impl fmt::Debug for ScramClient {
             .field("client_nonce", &self.client_nonce)
             .finish_non_exhaustive()
     }
+}
+
+/// A server-first-message: `r=<nonce>,s=<salt>,i=<iterations>`.
+struct ServerFirst<'a> {
+    nonce: &'a str,
+    salt: Vec<u8>,
+    iterations: NonZeroU32,
+}
+
+impl<'a> ServerFirst<'a> {
+    fn parse(message: &'a str) -> Result<Self, ScramError> {
+        let mut parts = message.split(',');
+        let first = parts.next().unwrap_or_default();
+        if first.starts_with("m=") {
+            return Err(ScramError::ExtensionUnsupported);
+        }
+        let nonce = expect_attribute(Some(first), b'r', "expected nonce attribute r=")?;
+        if !is_printable(nonce) {
+            return Err(ScramError::Malformed("nonce is empty or not printable"));
+        }
+        let salt = expect_attribute(parts.next(), b's', "expected salt attribute s=")?;
+        let salt = BASE64
+            .decode(salt)
+            .map_err(|_| ScramError::Malformed("salt is not valid base64"))?;
+        let iterations =
+            expect_attribute(parts.next(), b'i', "expected iteration count attribute i=")?;
+        let iterations = parse_iterations(iterations).ok_or(ScramError::Malformed(
+            "iteration count is not a positive integer",
+        ))?;
+        if parts.next().is_some() {
+            return Err(ScramError::Malformed(
+                "attributes after the iteration count",
+            ));
+        }
+        Ok(Self {
+            nonce,
+            salt,
+            iterations,
+        })
+    }
+}
+
+/// The salt and iteration count a server-first-message asks for: what
+/// [`ScramKeys::from_password`] needs, for callers that keep derived keys instead of
+/// running PBKDF2 on every login.
+pub fn server_first_salt(message: &[u8]) -> Result<(Vec<u8>, u32), ScramError> {
+    let parsed = ServerFirst::parse(message_text(message)?)?;
+    Ok((parsed.salt, parsed.iterations.get()))
 }
 
 /// ClientKey and ServerKey derived from a password.

@@ -23,10 +23,11 @@ use sluice_protocol::frame::MAX_LOGIN_MESSAGE_LEN;
 use sluice_protocol::frontend;
 use sluice_protocol::md5::md5_client_response;
 use sluice_protocol::md5::md5_salted;
-use sluice_protocol::scram::{ScramClient, ScramKeys};
+use sluice_protocol::scram::{server_first_salt, ScramClient, ScramKeys};
 use sluice_protocol::startup::encode_ssl_request;
 use sluice_protocol::startup::{encode_startup, CancelKey};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -48,7 +49,7 @@ pub enum ServerCredentials {
     /// Nothing: works only with `trust`.
     None,
     /// The plaintext password: answers every method.
-    Password(String),
+    Password(Arc<ServerPassword>),
     /// A stored md5 hash (`md5…`): answers an md5 challenge, nothing else.
     Md5Hash(String),
     /// ClientKey and ServerKey of the role's SCRAM verifier: answer SCRAM only, and only
@@ -57,6 +58,54 @@ pub enum ServerCredentials {
     /// Whatever the latest client login left (SCRAM keys from its proof, or the md5 hash
     /// it was checked against); nothing until a client has logged in.
     Learned(Arc<LearnedCredentials>),
+}
+
+/// A plaintext server password, with the SCRAM keys last derived from it: PBKDF2 runs once
+/// per salt and iteration count, not once per server connection.
+pub struct ServerPassword {
+    text: String,
+    derived: Mutex<Option<DerivedKeys>>,
+}
+
+struct DerivedKeys {
+    salt: Vec<u8>,
+    iterations: u32,
+    keys: ScramKeys,
+}
+
+impl ServerPassword {
+    pub fn new(text: impl Into<String>) -> Arc<Self> {
+        Arc::new(ServerPassword {
+            text: text.into(),
+            derived: Mutex::new(None),
+        })
+    }
+
+    /// The password itself. Do not log it.
+    pub fn expose(&self) -> &str {
+        &self.text
+    }
+
+    /// The SCRAM keys of this password under `salt` and `iterations`, derived only when
+    /// they differ from the last ones.
+    fn scram_keys(&self, salt: &[u8], iterations: u32) -> ScramKeys {
+        let cached = self.derived.lock().expect("derived keys lock");
+        if let Some(derived) = cached
+            .as_ref()
+            .filter(|d| d.salt == salt && d.iterations == iterations)
+        {
+            return derived.keys.clone();
+        }
+        drop(cached);
+        // Derived outside the lock: PBKDF2 takes milliseconds.
+        let keys = ScramKeys::from_password(&self.text, salt, iterations);
+        *self.derived.lock().expect("derived keys lock") = Some(DerivedKeys {
+            salt: salt.to_vec(),
+            iterations,
+            keys: keys.clone(),
+        });
+        keys
+    }
 }
 
 /// Credentials learned from clients at login, shared between a tenant's login path and
@@ -268,6 +317,7 @@ async fn authenticate(
 ) -> Result<(), ConnectError> {
     let credentials = target.credentials.resolve();
     let mut scram: Option<ScramClient> = None;
+    let nonce = crate::random::bytes::<18>();
     loop {
         let (tag, body) = read_message(stream, buf, MAX_LOGIN_MESSAGE_LEN).await?;
         match tag {
@@ -286,12 +336,12 @@ async fn authenticate(
                 let ServerCredentials::Password(password) = &credentials else {
                     return Err(unsuitable("a cleartext password", &credentials));
                 };
-                frontend::encode_password(out, password.as_bytes());
+                frontend::encode_password(out, password.expose().as_bytes());
             }
             AuthRequest::Md5 { salt } => {
                 let response = match &credentials {
                     ServerCredentials::Password(password) => {
-                        md5_client_response(&target.user, password, salt)
+                        md5_client_response(&target.user, password.expose(), salt)
                     }
                     ServerCredentials::Md5Hash(hash) => md5_salted(hash, salt),
                     other => return Err(unsuitable("md5", other)),
@@ -304,9 +354,10 @@ async fn authenticate(
                         "SASL mechanisms {mechanisms:?}"
                     )));
                 }
-                let nonce = crate::random::bytes::<18>();
                 let client = match &credentials {
-                    ServerCredentials::Password(password) => ScramClient::new(password, &nonce),
+                    ServerCredentials::Password(password) => {
+                        ScramClient::new(password.expose(), &nonce)
+                    }
                     ServerCredentials::ScramKeys(keys) => {
                         ScramClient::with_keys(keys.clone(), &nonce)
                     }
@@ -323,6 +374,13 @@ async fn authenticate(
                 let client = scram
                     .as_mut()
                     .ok_or_else(|| ConnectError::Protocol("SASLContinue before SASL".into()))?;
+                if let ServerCredentials::Password(password) = &credentials {
+                    // The same nonce makes the same client-first-message, so the exchange
+                    // continues with the keys instead of deriving them again.
+                    let (salt, iterations) = server_first_salt(data).map_err(protocol)?;
+                    let keys = password.scram_keys(&salt, iterations);
+                    *client = ScramClient::with_keys(keys, &nonce);
+                }
                 let reply = client.server_first(data).map_err(protocol)?;
                 frontend::encode_sasl_response(out, &reply);
             }

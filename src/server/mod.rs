@@ -7,7 +7,9 @@
 mod connect;
 mod reset;
 
-pub use connect::{connect, ConnectError, LearnedCredentials, ServerCredentials, ServerTarget};
+pub use connect::{
+    connect, ConnectError, LearnedCredentials, ServerCredentials, ServerPassword, ServerTarget,
+};
 pub use reset::{reset, InFlight};
 
 use crate::cluster::BudgetPermit;

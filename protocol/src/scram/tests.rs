@@ -578,3 +578,21 @@ fn no_keys_before_or_after_a_failed_exchange() {
     let keys = ScramKeys::from_password("pencil", b"salt", 4096);
     assert_eq!(format!("{keys:?}"), "ScramKeys(<redacted>)");
 }
+
+#[test]
+fn the_salt_of_a_server_first_message_gives_the_keys_of_the_password() {
+    let (salt, iterations) = server_first_salt(RFC_SERVER_FIRST.as_bytes()).unwrap();
+    assert_eq!(
+        (BASE64.encode(&salt).as_str(), iterations),
+        (RFC_SALT, 4096)
+    );
+    let keys = ScramKeys::from_password("pencil", &salt, iterations);
+    let mut client = ScramClient::with_keys(keys, b"unused");
+    client.client_nonce = RFC_CLIENT_NONCE.to_owned();
+    client.client_first_bare = "n=user,r=rOprNGfwEbeRWgbNEkqO".to_owned();
+    let client_final = client.server_first(RFC_SERVER_FIRST.as_bytes()).unwrap();
+    assert_eq!(client_final, RFC_CLIENT_FINAL.as_bytes());
+    client.server_final(RFC_SERVER_FINAL.as_bytes()).unwrap();
+    assert!(server_first_salt(b"r=abc,s=!!,i=1").is_err());
+    assert!(server_first_salt(b"r=abc,s=c2FsdA==,i=0").is_err());
+}

@@ -202,3 +202,29 @@ async fn credentials_that_cannot_answer_the_method_are_named() {
         Err(ConnectError::CredentialsUnsuitable { method: "md5", .. })
     ));
 }
+
+#[tokio::test]
+async fn a_plaintext_password_derives_its_scram_keys_once_per_salt() {
+    let password = ServerPassword::new(PASSWORD);
+    for _ in 0..2 {
+        let credentials = ServerCredentials::Password(password.clone());
+        let (connected, proven) = log_in(Demand::Scram(verifier()), credentials).await;
+        assert!(connected.is_ok() && proven, "{connected:?}");
+    }
+    let kept = |password: &ServerPassword| {
+        let derived = password.derived.lock().unwrap();
+        let derived = derived.as_ref().expect("keys kept after a login");
+        (derived.salt.clone(), derived.iterations)
+    };
+    assert_eq!(kept(&password), (b"scripted salt".to_vec(), 4096));
+    let resalted = ScramSecret::from_password(PASSWORD, b"another salt", 4096);
+    let credentials = ServerCredentials::Password(password.clone());
+    let (connected, proven) = log_in(Demand::Scram(resalted), credentials).await;
+    assert!(
+        connected.is_ok() && proven,
+        "a new salt derives new keys: {connected:?}"
+    );
+    let wrong = ServerCredentials::Password(ServerPassword::new("wrong"));
+    let (_, proven) = log_in(Demand::Scram(verifier()), wrong).await;
+    assert!(!proven);
+}
