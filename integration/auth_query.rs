@@ -339,3 +339,55 @@ async fn read_only_routes_land_on_the_reader_cluster() {
     assert_eq!(route.get("database"), role.database);
     assert_alive(&mut sluice);
 }
+
+/// How many `SHOW POOLS` rows name `user`.
+async fn pools_of(admin: &tokio_postgres::Client, user: &str) -> usize {
+    console(admin, "SHOW POOLS")
+        .await
+        .rows_where("user", user)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamic_tenants_survive_a_reload_and_idle_ones_are_dropped() {
+    let pg = Postgres::shared();
+    let auth = AuthDb::new(pg, "authq_lifecycle");
+    let mut config = auth.config(pg, LOOKUP);
+    config
+        .cluster_mut("main")
+        .extra
+        .push("dynamic_tenant_idle_timeout = \"1s\"".to_owned());
+    config
+        .defaults
+        .extra
+        .push("server_idle_timeout = \"1s\"".to_owned());
+    let mut sluice = Sluice::start(&config);
+    let admin = console_login(&sluice, ADMIN, ADMIN_PASSWORD, "sluice").await;
+    let role = auth.create_role(pg, "lifecycle");
+
+    let client = connect(&sluice, &role).await;
+    assert_eq!(identity(&client).await.0, role.user);
+    assert_eq!(pools_of(&admin, &role.user).await, 1);
+    sluice
+        .reload_and_wait(Duration::from_secs(10))
+        .expect("reload");
+    assert_eq!(
+        identity(&client).await.0,
+        role.user,
+        "the client keeps working across the reload"
+    );
+    assert_eq!(pools_of(&admin, &role.user).await, 1, "carried over");
+
+    // While a client is connected the tenant stays, however long it is idle.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(pools_of(&admin, &role.user).await, 1);
+    drop(client);
+    eventually(WITHIN_TTL, "the idle dynamic tenant dropped", || async {
+        (pools_of(&admin, &role.user).await == 0).then_some(())
+    })
+    .await;
+    // And made again at the next login.
+    let client = connect(&sluice, &role).await;
+    assert_eq!(identity(&client).await.0, role.user);
+    assert_alive(&mut sluice);
+}
