@@ -4,9 +4,10 @@
 //! anywhere in its configuration). Read-only routes land on the reader cluster.
 //!
 //! The shared server's pg_hba asks for SCRAM on TCP, so md5 pass-through is covered by unit
-//! tests (`server::connect` against a scripted server) rather than here. The "reader" is
-//! the same server reached as `localhost` instead of 127.0.0.1, so which cluster served a
-//! route shows in `SHOW DATABASES`, not in `pg_is_in_recovery()`.
+//! tests (`server::connect` against a scripted server) rather than here. Read-only routes
+//! are checked twice: against a real streaming standby (`pg_is_in_recovery()`), and, for
+//! configured tenants' routes too, against the primary reached as `localhost`, where
+//! `SHOW DATABASES` tells the clusters apart.
 
 use std::time::{Duration, Instant};
 
@@ -390,4 +391,65 @@ async fn dynamic_tenants_survive_a_reload_and_idle_ones_are_dropped() {
     let client = connect(&sluice, &role).await;
     assert_eq!(identity(&client).await.0, role.user);
     assert_alive(&mut sluice);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_read_only_route_reaches_a_streaming_standby() {
+    let pg = Postgres::shared();
+    let standby = Postgres::shared_standby();
+    let auth = AuthDb::new(pg, "authq_standby");
+    let mut config = auth.config(pg, LOOKUP);
+    config.cluster_mut("main").extra.extend([
+        "read_only_suffix = \"-ro\"".to_owned(),
+        "read_only_cluster = \"reader\"".to_owned(),
+    ]);
+    let config = config.cluster(Cluster::new("reader", "127.0.0.1", standby.port()));
+    let mut sluice = Sluice::start(&config);
+    let role = auth.create_role(pg, "replica_reader");
+    let on_reader = TenantDb {
+        database: format!("{}-ro", role.database),
+        ..role.clone()
+    };
+
+    // The role (created on the primary) reaches the standby after the replication delay.
+    let reader = eventually(WITHIN_TTL, "a login through the -ro route", || async {
+        let client = try_connect(
+            &sluice,
+            &on_reader.user,
+            &on_reader.password,
+            &on_reader.database,
+        )
+        .await
+        .ok()?;
+        scalar_ok(&client, "SELECT 1").await.map(|_| client)
+    })
+    .await;
+    assert_eq!(
+        scalar_ok(&reader, "SELECT pg_is_in_recovery()::text")
+            .await
+            .as_deref(),
+        Some("true")
+    );
+    assert_eq!(
+        identity(&reader).await,
+        (role.user.clone(), role.database.clone())
+    );
+    let writer = connect(&sluice, &role).await;
+    assert_eq!(
+        scalar_ok(&writer, "SELECT pg_is_in_recovery()::text")
+            .await
+            .as_deref(),
+        Some("false")
+    );
+    assert_alive(&mut sluice);
+}
+
+/// The first column of the first row, or `None` on any error (the role may not have
+/// reached the standby yet: its server login fails).
+async fn scalar_ok(client: &tokio_postgres::Client, sql: &str) -> Option<String> {
+    let messages = client.simple_query(sql).await.ok()?;
+    messages.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+        _ => None,
+    })
 }
