@@ -315,6 +315,8 @@ fn init_and_start(bindir: &Path, dir: &Path, flavor: Flavor) -> Result<Postgres,
                 "postgres",
             ])
             .args(["-R", "-X", "stream", "--no-sync", "-w"])
+            // A spread checkpoint can take minutes on a server busy with other tests.
+            .args(["--checkpoint", "fast"])
             .env("PGPASSWORD", &password)
             .current_dir(dir);
         run(&mut backup)?;
