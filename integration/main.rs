@@ -9,6 +9,7 @@ mod raw;
 mod smoke;
 
 mod admin_console;
+mod auth_query;
 mod basics;
 mod budget;
 mod cancel;
@@ -23,7 +24,6 @@ mod operations;
 mod pgbench;
 mod pipeline;
 mod prepared;
-mod scale;
 mod session_params;
 mod timeouts;
 mod tls;

@@ -22,6 +22,7 @@ fn resident_kib(pid: u32) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_thousand_tenants_log_in_through_a_budget_of_fifty() {
+    let _alone = crate::alone().await;
     let pg = Postgres::shared();
     let tenants = pg.create_tenant_group("scale", TENANTS);
     let mut config = SluiceConfig::new(pg).max_server_connections(BUDGET);

@@ -90,6 +90,16 @@ impl Slot {
     }
 }
 
+#[cfg(test)]
+impl Slot {
+    /// A place taken outside any pool, for tests that open one connection by hand.
+    pub(crate) fn taken(cluster: &Arc<Cluster>) -> Slot {
+        let _budget = cluster.budget.lock();
+        cluster.budget.open.fetch_add(1, Relaxed);
+        Slot::new(cluster)
+    }
+}
+
 impl Budget {
     pub fn new(max: u32, max_connects_per_second: u32) -> Self {
         let max = max as usize;

@@ -4,10 +4,12 @@
 //! runtime, the listener and signal handling.
 
 mod admin;
+mod auth_query;
 mod budget;
 mod cancel;
 mod cluster;
 mod config;
+mod dynamic;
 mod http;
 mod listener;
 mod params;

@@ -82,6 +82,7 @@ const SQL_TIMEOUT: Duration = Duration::from_secs(60);
 
 static SHARED: OnceLock<Result<Postgres, String>> = OnceLock::new();
 static SHARED_TLS: OnceLock<Result<Postgres, String>> = OnceLock::new();
+static SHARED_STANDBY: OnceLock<Result<Postgres, String>> = OnceLock::new();
 
 /// Which kind of server [`start`] sets up.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -91,6 +92,8 @@ enum Flavor {
     /// `ssl = on` with a certificate for `localhost` and 127.0.0.1 signed by a CA of its
     /// own, listening on 127.0.0.1 and 127.0.0.2; pg_hba accepts TCP only over TLS.
     TlsOnly,
+    /// A hot standby of [`Postgres::shared`], streaming from it (`pg_basebackup -R`).
+    Standby,
 }
 
 impl Postgres {
@@ -113,6 +116,17 @@ impl Postgres {
         match SHARED_TLS.get_or_init(|| start(Flavor::TlsOnly)) {
             Ok(pg) => pg,
             Err(e) => panic!("the throwaway TLS-only PostgreSQL did not start: {e}"),
+        }
+    }
+
+    /// A hot standby of [`Postgres::shared`] (made with `pg_basebackup -R`, streaming from
+    /// it, read-only: `pg_is_in_recovery()` is true), started on the first call and cleaned
+    /// up like the primary. Roles and databases created on the primary appear here after
+    /// the replication delay, so poll rather than expect them at once.
+    pub fn shared_standby() -> &'static Postgres {
+        match SHARED_STANDBY.get_or_init(|| start(Flavor::Standby)) {
+            Ok(pg) => pg,
+            Err(e) => panic!("the throwaway standby PostgreSQL did not start: {e}"),
         }
     }
 
@@ -316,7 +330,8 @@ fn start(flavor: Flavor) -> Result<Postgres, String> {
 
 fn init_and_start(bindir: &Path, dir: &Path, flavor: Flavor) -> Result<Postgres, String> {
     let io = |what: &'static str| move |e: std::io::Error| format!("{what}: {e}");
-    let password = random_token();
+    let primary = (flavor == Flavor::Standby).then(Postgres::shared);
+    let password = primary.map_or_else(random_token, |p| p.password.clone());
     let pwfile = dir.join("pwfile");
     fs::write(&pwfile, format!("{password}\n")).map_err(io("writing pwfile"))?;
     // Written before the chown below, so the server's user owns the key (mode 0600).
@@ -332,23 +347,45 @@ fn init_and_start(bindir: &Path, dir: &Path, flavor: Flavor) -> Result<Postgres,
         run(Command::new("chown").arg("-R").arg("postgres").arg(dir))?;
     }
     let data = dir.join("data");
-    let mut initdb = as_postgres_user(&bindir.join("initdb"));
-    initdb
-        .arg("-D")
-        .arg(&data)
-        .args(["-U", "postgres", "--pwfile"])
-        .arg(&pwfile)
-        .args(["--auth-local=trust", "--auth-host=scram-sha-256"])
-        .args(["-E", "UTF8", "--locale=C", "--no-sync"])
-        .current_dir(dir);
-    run(&mut initdb)?;
+    if let Some(primary) = primary {
+        // initdb's pg_hba lets the superuser replicate over TCP with its password.
+        let mut backup = as_postgres_user(&bindir.join("pg_basebackup"));
+        backup
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &primary.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .args(["-R", "-X", "stream", "--no-sync", "-w"])
+            // A spread checkpoint can take minutes on a server busy with other tests.
+            .args(["--checkpoint", "fast"])
+            .env("PGPASSWORD", &password)
+            .current_dir(dir);
+        run(&mut backup)?;
+    } else {
+        let mut initdb = as_postgres_user(&bindir.join("initdb"));
+        initdb
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "--pwfile"])
+            .arg(&pwfile)
+            .args(["--auth-local=trust", "--auth-host=scram-sha-256"])
+            .args(["-E", "UTF8", "--locale=C", "--no-sync"])
+            .current_dir(dir);
+        run(&mut initdb)?;
+    }
     let _ = fs::remove_file(&pwfile);
 
     let port = free_port();
     let socket_dir = dir.to_string_lossy().replace('\'', "''");
     let quoted = |p: PathBuf| p.to_string_lossy().replace('\'', "''");
     let (listen, tls_settings) = match flavor {
-        Flavor::Plain => ("127.0.0.1", String::new()),
+        Flavor::Plain | Flavor::Standby => ("127.0.0.1", String::new()),
         Flavor::TlsOnly => (
             "127.0.0.1,127.0.0.2",
             format!(
