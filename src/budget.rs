@@ -38,7 +38,8 @@ pub struct Budget {
     max: AtomicUsize,
     /// Nanoseconds between two connection openings; 0: no pacing.
     connect_interval_nanos: AtomicU64,
-    next_connect: Mutex<Instant>,
+    /// When the next connection may be opened; on tokio's clock, which pacing sleeps on.
+    next_connect: Mutex<tokio::time::Instant>,
 }
 
 struct State {
@@ -114,7 +115,7 @@ impl Budget {
             open: AtomicUsize::new(0),
             max: AtomicUsize::new(max),
             connect_interval_nanos: AtomicU64::new(interval_nanos(max_connects_per_second)),
-            next_connect: Mutex::new(Instant::now()),
+            next_connect: Mutex::new(tokio::time::Instant::now()),
         }
     }
 
@@ -354,7 +355,7 @@ impl Budget {
         if interval == 0 {
             return;
         }
-        let now = Instant::now();
+        let now = tokio::time::Instant::now();
         let at = {
             let mut next = self
                 .next_connect
@@ -365,7 +366,7 @@ impl Budget {
             at
         };
         if at > now {
-            tokio::time::sleep_until(at.into()).await;
+            tokio::time::sleep_until(at).await;
         }
     }
 }
@@ -375,5 +376,72 @@ fn interval_nanos(per_second: u32) -> u64 {
         0
     } else {
         1_000_000_000 / u64::from(per_second)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::providers::{Format, Toml};
+
+    fn cluster(max: u32, per_second: u32) -> Arc<Cluster> {
+        let toml = format!(
+            "host = \"127.0.0.1\"\nmax_server_connections = {max}\n\
+             max_connects_per_second = {per_second}\n"
+        );
+        let settings: crate::config::Cluster = figment::Figment::from(Toml::string(&toml))
+            .extract()
+            .expect("cluster settings");
+        Cluster::new("unit", &settings).expect("cluster")
+    }
+
+    #[test]
+    fn the_fair_share_divides_the_budget_among_tenants_with_demand() {
+        let cluster = cluster(12, 0);
+        let budget = &cluster.budget;
+        // No demand counted yet: one tenant may have it all.
+        assert!(!budget.over_fair_share(12));
+        assert!(budget.over_fair_share(13));
+        budget.demand.store(11, Relaxed);
+        assert!(!budget.over_fair_share(1), "12/11 is more than 1");
+        assert!(budget.over_fair_share(2));
+        budget.demand.store(20, Relaxed);
+        assert!(budget.over_fair_share(1), "12/20 is less than 1");
+        assert!(!budget.over_fair_share(0));
+    }
+
+    #[test]
+    fn places_are_counted_while_held_and_over_budget_after_a_shrink() {
+        let cluster = cluster(2, 0);
+        let (first, second) = (Slot::taken(&cluster), Slot::taken(&cluster));
+        assert_eq!(cluster.budget.used(), 2);
+        assert!(!cluster.budget.over_budget());
+        cluster.budget.reconfigure(&cluster, 1, 0);
+        assert!(cluster.budget.over_budget());
+        drop(first);
+        assert!(!cluster.budget.over_budget());
+        drop(second);
+        assert_eq!(cluster.budget.used(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn openings_are_spaced_by_the_connect_rate() {
+        let cluster = cluster(10, 20);
+        let started = tokio::time::Instant::now();
+        for _ in 0..5 {
+            cluster.budget.pace().await;
+        }
+        // The first goes at once, then one every 50 ms.
+        assert_eq!(started.elapsed(), Duration::from_millis(200));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_rate_means_no_pacing() {
+        let cluster = cluster(10, 0);
+        let started = tokio::time::Instant::now();
+        for _ in 0..100 {
+            cluster.budget.pace().await;
+        }
+        assert_eq!(started.elapsed(), Duration::ZERO);
     }
 }
