@@ -7,57 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::common::{http_get, scalar};
-use crate::harness::{connect, error_text, literal, Postgres, Sluice, SluiceConfig, Tenant};
-
-/// Server connections PostgreSQL has open for roles whose names start with `prefix`.
-async fn server_connections(observer: &tokio_postgres::Client, prefix: &str) -> usize {
-    let sql = format!(
-        "SELECT count(*) FROM pg_stat_activity WHERE usename LIKE {}",
-        literal(&format!("{prefix}%"))
-    );
-    let row = observer
-        .query_one(&sql, &[])
-        .await
-        .expect("pg_stat_activity");
-    row.get::<_, i64>(0) as usize
-}
-
-/// Samples [`server_connections`] until `running` turns false; returns the most seen.
-fn sample_server_connections(
-    pg: &'static Postgres,
-    prefix: String,
-    running: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<(usize, usize)> {
-    tokio::spawn(async move {
-        let observer = pg.superuser_client().await;
-        let (mut most, mut samples) = (0, 0);
-        while running.load(Ordering::Relaxed) {
-            most = most.max(server_connections(&observer, &prefix).await);
-            samples += 1;
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        (most, samples)
-    })
-}
-
-/// A counter or gauge of `/metrics` for cluster `main` (0 when absent).
-fn cluster_metric(sluice: &Sluice, name: &str) -> f64 {
-    let body = http_get(sluice.metrics_addr(), "/metrics").body;
-    let prefix = format!("{name}{{cluster=\"main\"}} ");
-    body.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .map_or(0.0, |value| value.parse().expect("a number"))
-}
-
-fn disconnects(sluice: &Sluice, reason: &str) -> f64 {
-    let body = http_get(sluice.metrics_addr(), "/metrics").body;
-    let prefix =
-        format!("sluice_server_disconnects_total{{cluster=\"main\",reason=\"{reason}\"}} ");
-    body.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .map_or(0.0, |value| value.parse().expect("a number"))
-}
+use crate::common::{
+    cluster_metric, disconnects, sample_server_connections, scalar, server_connections,
+};
+use crate::harness::{connect, error_text, Postgres, Sluice, SluiceConfig, Tenant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_tenants_share_a_budget_of_twelve_without_errors() {
@@ -107,85 +60,6 @@ async fn twenty_tenants_share_a_budget_of_twelve_without_errors() {
     );
     assert!(most > 0, "no tenant connection seen in {samples} samples");
     assert!(cluster_metric(&sluice, "sluice_cluster_server_connections") <= f64::from(BUDGET));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flooding_tenant_does_not_starve_quiet_ones() {
-    const BUDGET: u32 = 12;
-    const FLOOD_CLIENTS: usize = 60;
-    const QUIET_QUERIES: usize = 40;
-    let pg = Postgres::shared();
-    let group = pg.create_tenant_group("fair", 11);
-    let (flood, quiet) = (group[0].clone(), group[1..].to_vec());
-    let mut config = SluiceConfig::new(pg)
-        .max_server_connections(BUDGET)
-        .tenant(Tenant::new(&flood).auth_type("md5").pool_size(20));
-    for tenant in &quiet {
-        config = config.tenant(Tenant::new(tenant).auth_type("md5"));
-    }
-    let sluice = Sluice::start(&config);
-
-    let flooding = Arc::new(AtomicBool::new(true));
-    let mut flooders = Vec::new();
-    for _ in 0..FLOOD_CLIENTS {
-        let (addr, flood, flooding) = (sluice.addr(), flood.clone(), flooding.clone());
-        flooders.push(tokio::spawn(async move {
-            let client = connect(&addr, &flood).await;
-            let mut done = 0usize;
-            while flooding.load(Ordering::Relaxed) {
-                client
-                    .simple_query("SELECT pg_sleep(0.05)")
-                    .await
-                    .unwrap_or_else(|e| panic!("flood: {}", error_text(&e)));
-                done += 1;
-            }
-            done
-        }));
-    }
-    // The flood holds the whole budget before the quiet tenants start.
-    let observer = pg.superuser_client().await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while server_connections(&observer, &flood.user).await < BUDGET as usize {
-        assert!(
-            Instant::now() < deadline,
-            "the flood never filled the budget"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-
-    let mut quiet_tasks = Vec::new();
-    for tenant in &quiet {
-        let (addr, tenant) = (sluice.addr(), tenant.clone());
-        quiet_tasks.push(tokio::spawn(async move {
-            let client = connect(&addr, &tenant).await;
-            let mut latencies = Vec::with_capacity(QUIET_QUERIES);
-            for _ in 0..QUIET_QUERIES {
-                let started = Instant::now();
-                scalar(&client, "SELECT 1").await;
-                latencies.push(started.elapsed());
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            latencies
-        }));
-    }
-    let mut latencies = Vec::new();
-    for task in quiet_tasks {
-        latencies.extend(task.await.expect("quiet tenant"));
-    }
-    flooding.store(false, Ordering::Relaxed);
-    let mut flood_transactions = 0;
-    for flooder in flooders {
-        flood_transactions += flooder.await.expect("flooder");
-    }
-
-    latencies.sort();
-    let p99 = latencies[latencies.len() * 99 / 100];
-    assert!(
-        p99 < Duration::from_millis(150),
-        "quiet tenants' p99 {p99:?} (max {:?}) while flooded",
-        latencies.last()
-    );
-    assert!(flood_transactions > 0, "the flood made no progress");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,76 +148,141 @@ async fn a_waiting_client_bursts_into_the_reserve_pool() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_login_storm_opens_connections_no_faster_than_the_bound() {
-    const RATE: u32 = 100;
-    const TENANTS: usize = 100;
-    const CLIENTS: usize = 500;
+async fn pools_of_one_connection_take_turns_on_a_budget_of_one() {
+    const TRANSACTIONS: usize = 20;
     let pg = Postgres::shared();
-    let tenants = pg.create_tenant_group("storm", TENANTS);
-    let mut config = SluiceConfig::new(pg).max_server_connections(20);
-    config
-        .cluster_mut("main")
-        .extra
-        .push(format!("max_connects_per_second = {RATE}"));
-    for tenant in &tenants {
+    let group = pg.create_tenant_group("turns", 2);
+    let mut config = SluiceConfig::new(pg).max_server_connections(1);
+    for tenant in &group {
         config = config.tenant(
             Tenant::new(tenant)
                 .auth_type("md5")
-                .query_wait_timeout("60s"),
+                .pool_size(1)
+                .query_wait_timeout("20s"),
         );
     }
-    let sluice = Arc::new(Sluice::start(&config));
+    let sluice = Sluice::start(&config);
 
-    let running = Arc::new(AtomicBool::new(true));
-    let sampler = {
-        let (sluice, running) = (sluice.clone(), running.clone());
-        std::thread::spawn(move || {
-            let mut samples = Vec::new();
-            while running.load(Ordering::Relaxed) {
-                samples.push((
-                    Instant::now(),
-                    cluster_metric(&sluice, "sluice_server_connects_total"),
-                ));
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            samples
-        })
-    };
+    let started = Instant::now();
     let mut clients = Vec::new();
-    for i in 0..CLIENTS {
-        let (addr, tenant) = (sluice.addr(), tenants[i % TENANTS].clone());
+    for tenant in group.iter().chain(group.iter()) {
+        let (addr, tenant) = (sluice.addr(), tenant.clone());
         clients.push(tokio::spawn(async move {
             let client = connect(&addr, &tenant).await;
-            scalar(&client, "SELECT current_user").await
+            for _ in 0..TRANSACTIONS {
+                let user = scalar(&client, "SELECT current_user").await;
+                assert_eq!(user.as_deref(), Some(tenant.user.as_str()));
+            }
         }));
     }
-    for (i, client) in clients.into_iter().enumerate() {
-        let user = client.await.expect("client");
-        assert_eq!(user.as_deref(), Some(tenants[i % TENANTS].user.as_str()));
+    for client in clients {
+        client.await.expect("client");
+    }
+    // Each turn costs a server login; no client may be left waiting for a connection
+    // its own tenant gave up.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "80 queries took {:?}",
+        started.elapsed()
+    );
+    assert!(cluster_metric(&sluice, "sluice_server_connects_total") >= 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_smaller_budget_on_reload_closes_idle_connections_over_it() {
+    let pg = Postgres::shared();
+    let group = pg.create_tenant_group("shrink", 1);
+    let tenant = &group[0];
+    let config = SluiceConfig::new(pg)
+        .max_server_connections(4)
+        .tenant(Tenant::new(tenant).auth_type("md5"));
+    let mut sluice = Sluice::start(&config);
+
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(connect(&sluice.addr(), tenant).await);
+    }
+    for client in &clients {
+        client.batch_execute("BEGIN").await.expect("BEGIN");
+    }
+    for client in &clients {
+        client.batch_execute("COMMIT").await.expect("COMMIT");
+    }
+    let observer = pg.superuser_client().await;
+    assert_eq!(server_connections(&observer, &tenant.user).await, 4);
+
+    sluice.write_config(&config.clone().max_server_connections(2));
+    sluice
+        .reload_and_wait(Duration::from_secs(10))
+        .expect("reloaded");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server_connections(&observer, &tenant.user).await > 2 {
+        assert!(
+            Instant::now() < deadline,
+            "idle connections over the budget stayed open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        cluster_metric(&sluice, "sluice_cluster_max_server_connections"),
+        2.0
+    );
+
+    // All four clients keep working, on at most two server connections.
+    let running = Arc::new(AtomicBool::new(true));
+    let sampler = sample_server_connections(pg, tenant.user.clone(), running.clone());
+    let mut work = Vec::new();
+    for client in clients {
+        work.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                let tx = "BEGIN; SELECT pg_sleep(0.005); COMMIT";
+                client.simple_query(tx).await.expect("transaction");
+            }
+        }));
+    }
+    for task in work {
+        task.await.expect("client");
     }
     running.store(false, Ordering::Relaxed);
-    let samples = sampler.join().expect("sampler");
+    let (most, _) = sampler.await.expect("sampler");
+    assert!(most <= 2, "{most} server connections after shrinking to 2");
+}
 
-    let total = samples.last().expect("samples").1;
-    assert!(
-        total >= TENANTS as f64,
-        "only {total} connects for {TENANTS} tenants"
-    );
-    // Between two samples at least a second apart, at most RATE connects per second of
-    // the interval. Openings are paced exactly; the counter moves when a login completes,
-    // which jitters by a login's duration at each end of the interval: two connects of slack.
-    let mut worst = 0.0f64;
-    for (i, &(start, first)) in samples.iter().enumerate() {
-        if let Some(&(end, last)) = samples[i..]
-            .iter()
-            .find(|(at, _)| at.duration_since(start) >= Duration::from_secs(1))
-        {
-            let seconds = end.duration_since(start).as_secs_f64();
-            worst = worst.max((last - first - 2.0) / seconds);
-        }
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_pool_size_is_kept_warm_as_far_as_the_budget_allows() {
+    let pg = Postgres::shared();
+    let group = pg.create_tenant_group("warm", 2);
+    let mut config = SluiceConfig::new(pg).max_server_connections(3);
+    for tenant in &group {
+        config = config.tenant(Tenant::new(tenant).auth_type("md5").min_pool_size(2));
     }
-    assert!(
-        worst <= f64::from(RATE),
-        "{worst:.1} connects/s over a window, bound {RATE}/s ({total} connects)"
+    let sluice = Sluice::start(&config);
+    let prefix = format!("{}_", group[0].database);
+
+    // No client has logged in: sluice opens the connections on its own, and stops at
+    // the budget.
+    let observer = pg.superuser_client().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server_connections(&observer, &prefix).await < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "min_pool_size connections not opened"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        cluster_metric(&sluice, "sluice_cluster_server_connections"),
+        3.0
     );
+    assert_eq!(server_connections(&observer, &prefix).await, 3);
+
+    // A client of either tenant is served from what is warm or by eviction.
+    for tenant in &group {
+        let client = connect(&sluice.addr(), tenant).await;
+        assert_eq!(
+            scalar(&client, "SELECT current_user").await.as_deref(),
+            Some(tenant.user.as_str())
+        );
+    }
+    assert!(server_connections(&observer, &prefix).await <= 3);
 }

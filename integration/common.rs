@@ -1,9 +1,11 @@
 //! Small helpers the test modules share: one-value queries over the simple protocol (which
 //! works in transaction pooling whatever server connection a query lands on), a
 //! tokio-postgres client whose connection can be cut without a Terminate, raw-client
-//! logins and queries, superuser looks at pg_stat_activity, and the check that sluice is
-//! still running and never panicked.
+//! logins and queries, superuser looks at pg_stat_activity, cluster metrics, and the check
+//! that sluice is still running and never panicked.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -383,4 +385,53 @@ pub async fn console_login(to: &impl Endpoint, user: &str, password: &str, db: &
     try_connect(to, user, password, db)
         .await
         .unwrap_or_else(|e| panic!("admin login as {user} to {db}: {}", error_text(&e)))
+}
+
+/// Server connections PostgreSQL has open for roles whose names start with `prefix`.
+pub async fn server_connections(observer: &tokio_postgres::Client, prefix: &str) -> usize {
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE usename LIKE {}",
+        literal(&format!("{prefix}%"))
+    );
+    let row = observer
+        .query_one(&sql, &[])
+        .await
+        .expect("pg_stat_activity");
+    row.get::<_, i64>(0) as usize
+}
+
+/// Samples [`server_connections`] until `running` turns false; returns the most seen.
+pub fn sample_server_connections(
+    pg: &'static Postgres,
+    prefix: String,
+    running: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(usize, usize)> {
+    tokio::spawn(async move {
+        let observer = pg.superuser_client().await;
+        let (mut most, mut samples) = (0, 0);
+        while running.load(Ordering::Relaxed) {
+            most = most.max(server_connections(&observer, &prefix).await);
+            samples += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        (most, samples)
+    })
+}
+
+/// A counter or gauge of `/metrics` for cluster `main` (0 when absent).
+pub fn cluster_metric(sluice: &Sluice, name: &str) -> f64 {
+    let body = http_get(sluice.metrics_addr(), "/metrics").body;
+    let prefix = format!("{name}{{cluster=\"main\"}} ");
+    body.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .map_or(0.0, |value| value.parse().expect("a number"))
+}
+
+pub fn disconnects(sluice: &Sluice, reason: &str) -> f64 {
+    let body = http_get(sluice.metrics_addr(), "/metrics").body;
+    let prefix =
+        format!("sluice_server_disconnects_total{{cluster=\"main\",reason=\"{reason}\"}} ");
+    body.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .map_or(0.0, |value| value.parse().expect("a number"))
 }

@@ -9,6 +9,7 @@ mod raw;
 mod smoke;
 
 mod admin_console;
+mod auth_query;
 mod basics;
 mod budget;
 mod cancel;

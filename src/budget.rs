@@ -32,16 +32,18 @@ pub struct Budget {
     queued: AtomicUsize,
     /// Tenants holding a place or queued for one, for the fair share.
     demand: AtomicUsize,
+    /// Places taken: connections open or being opened. Changed only under the lock,
+    /// read without it.
+    open: AtomicUsize,
     max: AtomicUsize,
     /// Nanoseconds between two connection openings; 0: no pacing.
     connect_interval_nanos: AtomicU64,
-    next_connect: Mutex<Instant>,
+    /// When the next connection may be opened; on tokio's clock, which pacing sleeps on.
+    next_connect: Mutex<tokio::time::Instant>,
 }
 
 struct State {
     max: usize,
-    /// Places taken: connections open or being opened.
-    open: usize,
     /// Tenants waiting for a place, each at most once (`Pool::queued`).
     queue: VecDeque<Arc<Pool>>,
     /// Tenants holding at least one place, by pool id: where eviction looks.
@@ -89,21 +91,31 @@ impl Slot {
     }
 }
 
+#[cfg(test)]
+impl Slot {
+    /// A place taken outside any pool, for tests that open one connection by hand.
+    pub(crate) fn taken(cluster: &Arc<Cluster>) -> Slot {
+        let _budget = cluster.budget.lock();
+        cluster.budget.open.fetch_add(1, Relaxed);
+        Slot::new(cluster)
+    }
+}
+
 impl Budget {
     pub fn new(max: u32, max_connects_per_second: u32) -> Self {
         let max = max as usize;
         Budget {
             state: Mutex::new(State {
                 max,
-                open: 0,
                 queue: VecDeque::new(),
                 holders: HashMap::new(),
             }),
             queued: AtomicUsize::new(0),
             demand: AtomicUsize::new(0),
+            open: AtomicUsize::new(0),
             max: AtomicUsize::new(max),
             connect_interval_nanos: AtomicU64::new(interval_nanos(max_connects_per_second)),
-            next_connect: Mutex::new(Instant::now()),
+            next_connect: Mutex::new(tokio::time::Instant::now()),
         }
     }
 
@@ -112,7 +124,8 @@ impl Budget {
     }
 
     /// Applies a reloaded `max_server_connections` and `max_connects_per_second`. A
-    /// smaller budget takes effect as connections close.
+    /// smaller budget closes idle connections over it at once, and the rest as they
+    /// are returned.
     pub fn reconfigure(&self, cluster: &Arc<Cluster>, max: u32, max_connects_per_second: u32) {
         self.connect_interval_nanos
             .store(interval_nanos(max_connects_per_second), Relaxed);
@@ -121,12 +134,18 @@ impl Budget {
             state.max = max as usize;
             self.max.store(max as usize, Relaxed);
         }
+        self.shed_excess();
         self.hand_out(cluster);
     }
 
     /// Places in use: connections open or being opened.
     pub fn used(&self) -> usize {
-        self.lock().open
+        self.open.load(Relaxed)
+    }
+
+    /// True while more places are taken than the budget has (it shrank on reload).
+    pub fn over_budget(&self) -> bool {
+        self.open.load(Relaxed) > self.max.load(Relaxed)
     }
 
     /// Tenants waiting for a place.
@@ -149,8 +168,8 @@ impl Budget {
         state: &mut PoolState,
     ) -> Option<Slot> {
         let mut budget = self.lock();
-        if budget.open < budget.max && budget.queue.is_empty() {
-            budget.open += 1;
+        if self.open.load(Relaxed) < budget.max && budget.queue.is_empty() {
+            self.open.fetch_add(1, Relaxed);
             Some(self.count(&mut budget, cluster, pool, state))
         } else {
             state.asked += 1;
@@ -174,8 +193,8 @@ impl Budget {
         state: &mut PoolState,
     ) -> Option<Slot> {
         let mut budget = self.lock();
-        (budget.open < budget.max && budget.queue.is_empty()).then(|| {
-            budget.open += 1;
+        (self.open.load(Relaxed) < budget.max && budget.queue.is_empty()).then(|| {
+            self.open.fetch_add(1, Relaxed);
             self.count(&mut budget, cluster, pool, state)
         })
     }
@@ -221,8 +240,8 @@ impl Budget {
     }
 
     fn release(&self) {
-        let mut budget = self.lock();
-        budget.open -= 1;
+        let _budget = self.lock();
+        self.open.fetch_sub(1, Relaxed);
     }
 
     /// Gives free places to queued tenants, one per tenant per turn.
@@ -234,9 +253,9 @@ impl Budget {
                 if let Some(mut slot) = unused.take() {
                     // Given back without a drop, which would re-enter this loop.
                     slot.cluster = None;
-                    budget.open -= 1;
+                    self.open.fetch_sub(1, Relaxed);
                 }
-                if budget.open >= budget.max {
+                if self.open.load(Relaxed) >= budget.max {
                     return;
                 }
                 let Some(pool) = budget.queue.pop_front() else {
@@ -247,7 +266,7 @@ impl Budget {
                     self.demand.fetch_sub(1, Relaxed);
                 }
                 self.queued.store(budget.queue.len(), Relaxed);
-                budget.open += 1;
+                self.open.fetch_add(1, Relaxed);
                 pool
             };
             match pool.accept(Slot::new(cluster)) {
@@ -273,25 +292,46 @@ impl Budget {
     /// under its fair share loses a connection to one over its share only after
     /// [`EVICTION_GRACE`] of idleness. Returns whether a connection was closed.
     pub(crate) fn make_room(&self, requester: &Arc<Pool>, requester_open: usize) -> bool {
+        let requester_over = self.over_fair_share(requester_open + 1);
+        let now = Instant::now();
+        self.evict_longest_idle(Some(requester.id), |since, open| {
+            !requester_over
+                || self.over_fair_share(open)
+                || now.duration_since(since) >= EVICTION_GRACE
+        })
+    }
+
+    /// Closes idle connections, longest idle first, while more places are taken than
+    /// the budget has (after it shrank on reload).
+    fn shed_excess(&self) {
+        while self.used() > self.max.load(Relaxed) {
+            if !self.evict_longest_idle(None, |_, _| true) {
+                return;
+            }
+        }
+    }
+
+    /// Closes the longest-idle connection among the pools other than `except` for
+    /// which `allowed(idle since, places the pool holds)`; returns whether it did.
+    fn evict_longest_idle(
+        &self,
+        except: Option<u64>,
+        allowed: impl Fn(Instant, usize) -> bool,
+    ) -> bool {
         let holders: Vec<Arc<Pool>> = {
             let budget = self.lock();
             budget
                 .holders
                 .iter()
-                .filter(|(&id, _)| id != requester.id)
+                .filter(|(&id, _)| Some(id) != except)
                 .filter_map(|(_, pool)| pool.upgrade())
                 .collect()
         };
-        let requester_over = self.over_fair_share(requester_open + 1);
-        let now = Instant::now();
         let victim = holders
             .into_iter()
             .filter_map(|pool| {
                 let (since, open) = pool.oldest_idle()?;
-                let allowed = !requester_over
-                    || self.over_fair_share(open)
-                    || now.duration_since(since) >= EVICTION_GRACE;
-                allowed.then_some((since, pool))
+                allowed(since, open).then_some((since, pool))
             })
             .min_by_key(|(since, _)| *since);
         let Some((since, pool)) = victim else {
@@ -315,7 +355,7 @@ impl Budget {
         if interval == 0 {
             return;
         }
-        let now = Instant::now();
+        let now = tokio::time::Instant::now();
         let at = {
             let mut next = self
                 .next_connect
@@ -326,7 +366,7 @@ impl Budget {
             at
         };
         if at > now {
-            tokio::time::sleep_until(at.into()).await;
+            tokio::time::sleep_until(at).await;
         }
     }
 }
@@ -336,5 +376,72 @@ fn interval_nanos(per_second: u32) -> u64 {
         0
     } else {
         1_000_000_000 / u64::from(per_second)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::providers::{Format, Toml};
+
+    fn cluster(max: u32, per_second: u32) -> Arc<Cluster> {
+        let toml = format!(
+            "host = \"127.0.0.1\"\nmax_server_connections = {max}\n\
+             max_connects_per_second = {per_second}\n"
+        );
+        let settings: crate::config::Cluster = figment::Figment::from(Toml::string(&toml))
+            .extract()
+            .expect("cluster settings");
+        Cluster::new("unit", &settings).expect("cluster")
+    }
+
+    #[test]
+    fn the_fair_share_divides_the_budget_among_tenants_with_demand() {
+        let cluster = cluster(12, 0);
+        let budget = &cluster.budget;
+        // No demand counted yet: one tenant may have it all.
+        assert!(!budget.over_fair_share(12));
+        assert!(budget.over_fair_share(13));
+        budget.demand.store(11, Relaxed);
+        assert!(!budget.over_fair_share(1), "12/11 is more than 1");
+        assert!(budget.over_fair_share(2));
+        budget.demand.store(20, Relaxed);
+        assert!(budget.over_fair_share(1), "12/20 is less than 1");
+        assert!(!budget.over_fair_share(0));
+    }
+
+    #[test]
+    fn places_are_counted_while_held_and_over_budget_after_a_shrink() {
+        let cluster = cluster(2, 0);
+        let (first, second) = (Slot::taken(&cluster), Slot::taken(&cluster));
+        assert_eq!(cluster.budget.used(), 2);
+        assert!(!cluster.budget.over_budget());
+        cluster.budget.reconfigure(&cluster, 1, 0);
+        assert!(cluster.budget.over_budget());
+        drop(first);
+        assert!(!cluster.budget.over_budget());
+        drop(second);
+        assert_eq!(cluster.budget.used(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn openings_are_spaced_by_the_connect_rate() {
+        let cluster = cluster(10, 20);
+        let started = tokio::time::Instant::now();
+        for _ in 0..5 {
+            cluster.budget.pace().await;
+        }
+        // The first goes at once, then one every 50 ms.
+        assert_eq!(started.elapsed(), Duration::from_millis(200));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_rate_means_no_pacing() {
+        let cluster = cluster(10, 0);
+        let started = tokio::time::Instant::now();
+        for _ in 0..100 {
+            cluster.budget.pace().await;
+        }
+        assert_eq!(started.elapsed(), Duration::ZERO);
     }
 }

@@ -20,7 +20,7 @@ pub enum Disconnect {
     Removed,
     /// Closed while idle to make room in the budget for another tenant.
     Evicted,
-    /// Given up on return because other tenants were waiting for the budget.
+    /// Given up on return: other tenants were waiting for the budget, or it shrank.
     Yielded,
 }
 

@@ -6,10 +6,12 @@
 mod admin;
 #[cfg(test)]
 mod alloc_count;
+mod auth_query;
 mod budget;
 mod cancel;
 mod cluster;
 mod config;
+mod dynamic;
 mod http;
 mod listener;
 mod params;

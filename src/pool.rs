@@ -377,7 +377,8 @@ impl Pool {
     }
 
     /// Takes back a leased connection: to the first waiter, else idle; or closes it
-    /// when it must not be reused, the tenant is retired, or another tenant is waiting
+    /// when it must not be reused, the tenant is retired, the budget shrank below what
+    /// is open, or another tenant is waiting
     /// for a place and this one holds more than its fair share and has no client
     /// waiting or has had this connection for [`YIELD_AFTER`]. A tenant within its
     /// share keeps the connection even idle; a queued tenant may evict it (see
@@ -393,6 +394,11 @@ impl Pool {
         if state.retired && state.waiters.is_empty() {
             drop(state);
             metrics.disconnected(Disconnect::Removed);
+            return;
+        }
+        if budget.over_budget() {
+            drop(state);
+            metrics.disconnected(Disconnect::Yielded);
             return;
         }
         let others_queued = budget.queued() > usize::from(self.queued.load(Relaxed));
@@ -448,10 +454,40 @@ impl Pool {
         Err(slot)
     }
 
-    /// A place of this pool was given back (its connection closed).
-    pub(crate) fn place_freed(&self) {
-        let mut state = self.lock();
-        self.uncount(&mut state);
+    /// A place of this pool was given back (its connection closed). Clients still
+    /// waiting may have counted on that connection coming back: the pool asks the
+    /// budget for a place for them instead.
+    pub(crate) fn place_freed(self: &Arc<Self>) {
+        let unsent = {
+            let mut state = self.lock();
+            self.uncount(&mut state);
+            let uncovered = state.waiters.len() > state.asked;
+            if uncovered && state.open + state.asked < self.limits.size {
+                let budget = &self.shared.cluster.budget;
+                budget
+                    .take_or_queue(&self.shared.cluster, self, &mut state)
+                    .and_then(|slot| Self::grant_place(&mut state, slot))
+            } else {
+                None
+            }
+        };
+        // Dropped outside the lock: dropping a place takes it.
+        drop(unsent);
+    }
+
+    /// Gives a counted place to the first waiter still there; returns it if none is.
+    fn grant_place(state: &mut PoolState, mut slot: Slot) -> Option<Slot> {
+        while let Some(waiter) = state.waiters.pop_front() {
+            match waiter.grant.send(Grant::Place(slot)) {
+                Ok(()) => {
+                    state.asked = state.asked.min(state.waiters.len());
+                    return None;
+                }
+                Err(Grant::Place(back)) => slot = back,
+                Err(Grant::Conn(_)) => unreachable!("sent a place"),
+            }
+        }
+        Some(slot)
     }
 
     fn uncount(&self, state: &mut PoolState) {

@@ -52,7 +52,8 @@ pub fn render(shared: &Shared) -> String {
         cluster.refresh_gauges();
     }
     let mut out = shared.metrics.render();
-    let all: Vec<&Arc<Tenant>> = tenants.iter().collect();
+    let owned: Vec<Arc<Tenant>> = tenants.iter().collect();
+    let all: Vec<&Arc<Tenant>> = owned.iter().collect();
     let max_waits = shared.clients.longest_waits();
     render_tenants(&mut out, &all, &max_waits);
     render_process(&mut out, shared);

@@ -66,16 +66,14 @@ impl Shared {
         let new = Tenants::build(&config, Some(&old))?;
         let client_tls = ClientTls::load(&config)?;
         for tenant in old.iter() {
-            let kept = new
-                .lookup(&tenant.settings.database, &tenant.settings.user)
-                .is_ok_and(|t| Arc::ptr_eq(t, tenant));
-            if !kept {
+            let (database, user) = (&tenant.settings.database, &tenant.settings.user);
+            let found = new.lookup(database, user);
+            if !found.as_ref().is_ok_and(|t| Arc::ptr_eq(t, &tenant)) {
                 tenant.pool.retire();
             }
-            let removed = new
-                .lookup(&tenant.settings.database, &tenant.settings.user)
-                .is_err();
-            if removed {
+            // A dynamic tenant not carried over is made again at its next login, so its
+            // clients stay while its database is still served.
+            if found.is_err() && !new.dynamic.serves(database) {
                 tenant.retired.start();
             }
         }

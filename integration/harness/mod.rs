@@ -5,7 +5,8 @@
 //! - [`Sluice`]: the proxy as a child process, killed on drop.
 //! - [`psql`], [`pgbench`], [`connect`]: clients for any [`Endpoint`] (sluice or PostgreSQL).
 //! - [`TlsFiles`] / [`Ca`]: certificates made with rcgen; [`Postgres::shared_tls`] is a
-//!   second server that accepts only TLS.
+//!   second server that accepts only TLS; [`Postgres::shared_standby`] a streaming standby
+//!   of the first.
 //!
 //! Compiled into two crates — the `integration` test binary and the `demo` example — each
 //! using a different part of it, so unused items and re-exports are expected here.

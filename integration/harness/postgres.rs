@@ -23,11 +23,16 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+use sluice_protocol::scram::ScramSecret;
+
 use super::client::{self, conninfo, Endpoint};
 use super::process::{
     free_port, is_root, output_with_timeout, pg_bindir, pg_tool, poll_until, random_token, which,
 };
 use super::tls;
+
+/// SCRAM iterations of the roles [`Postgres::create_tenant_group`] makes.
+pub const GROUP_SCRAM_ITERATIONS: u32 = 16;
 
 /// Login details of a tenant made by [`Postgres::create_tenant`]: a LOGIN role whose
 /// password is stored as a SCRAM-SHA-256 verifier, and a database it owns.
@@ -77,6 +82,7 @@ const SQL_TIMEOUT: Duration = Duration::from_secs(60);
 
 static SHARED: OnceLock<Result<Postgres, String>> = OnceLock::new();
 static SHARED_TLS: OnceLock<Result<Postgres, String>> = OnceLock::new();
+static SHARED_STANDBY: OnceLock<Result<Postgres, String>> = OnceLock::new();
 
 /// Which kind of server [`start`] sets up.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -86,6 +92,8 @@ enum Flavor {
     /// `ssl = on` with a certificate for `localhost` and 127.0.0.1 signed by a CA of its
     /// own, listening on 127.0.0.1 and 127.0.0.2; pg_hba accepts TCP only over TLS.
     TlsOnly,
+    /// A hot standby of [`Postgres::shared`], streaming from it (`pg_basebackup -R`).
+    Standby,
 }
 
 impl Postgres {
@@ -108,6 +116,17 @@ impl Postgres {
         match SHARED_TLS.get_or_init(|| start(Flavor::TlsOnly)) {
             Ok(pg) => pg,
             Err(e) => panic!("the throwaway TLS-only PostgreSQL did not start: {e}"),
+        }
+    }
+
+    /// A hot standby of [`Postgres::shared`] (made with `pg_basebackup -R`, streaming from
+    /// it, read-only: `pg_is_in_recovery()` is true), started on the first call and cleaned
+    /// up like the primary. Roles and databases created on the primary appear here after
+    /// the replication delay, so poll rather than expect them at once.
+    pub fn shared_standby() -> &'static Postgres {
+        match SHARED_STANDBY.get_or_init(|| start(Flavor::Standby)) {
+            Ok(pg) => pg,
+            Err(e) => panic!("the throwaway standby PostgreSQL did not start: {e}"),
         }
     }
 
@@ -171,28 +190,45 @@ impl Postgres {
     }
 
     /// `count` tenants sharing one new database, as in a schema-per-tenant layout: roles
-    /// `<name>_<n>_<i>` with passwords `<token>_<i>`, made in one round trip so that
-    /// thousands take seconds.
+    /// `<name>_<n>_<i>` with their own passwords, made in one round trip so that thousands
+    /// take seconds. The passwords are stored as SCRAM verifiers of few iterations
+    /// ([`GROUP_SCRAM_ITERATIONS`]): hashing thousands at PostgreSQL's 4096 would take
+    /// the server longer than the test.
     pub fn create_tenant_group(&self, name: &str, count: usize) -> Vec<TenantDb> {
         let database = self.create_tenant(name).database;
         let token = random_token();
-        let create_roles = format!(
-            "DO $$ BEGIN FOR i IN 0..{last} LOOP \
-             EXECUTE format('CREATE ROLE %I LOGIN PASSWORD %L', {prefix} || i, {token} || i); \
-             END LOOP; END $$",
-            last = count - 1,
-            prefix = literal(&format!("{database}_")),
-            token = literal(&format!("{token}_")),
-        );
-        self.superuser_psql("postgres", &[&create_roles])
-            .unwrap_or_else(|e| panic!("creating tenant group {name}: {e}"));
-        (0..count)
+        let tenants: Vec<TenantDb> = (0..count)
             .map(|i| TenantDb {
                 database: database.clone(),
                 user: format!("{database}_{i}"),
                 password: format!("{token}_{i}"),
             })
-            .collect()
+            .collect();
+        // In chunks: one command-line argument may hold at most 128 KiB.
+        let create_roles: Vec<String> = tenants
+            .chunks(200)
+            .map(|chunk| {
+                chunk
+                    .iter()
+                    .map(|t| {
+                        let verifier = ScramSecret::from_password(
+                            &t.password,
+                            t.user.as_bytes(),
+                            GROUP_SCRAM_ITERATIONS,
+                        );
+                        format!(
+                            "CREATE ROLE {} LOGIN PASSWORD {};\n",
+                            ident(&t.user),
+                            literal(&verifier.to_string())
+                        )
+                    })
+                    .collect()
+            })
+            .collect();
+        let commands: Vec<&str> = create_roles.iter().map(String::as_str).collect();
+        self.superuser_psql("postgres", &commands)
+            .unwrap_or_else(|e| panic!("creating tenant group {name}: {e}"));
+        tenants
     }
 
     /// Runs `sql` (one query string) as superuser in database `postgres`; returns psql's
@@ -294,7 +330,8 @@ fn start(flavor: Flavor) -> Result<Postgres, String> {
 
 fn init_and_start(bindir: &Path, dir: &Path, flavor: Flavor) -> Result<Postgres, String> {
     let io = |what: &'static str| move |e: std::io::Error| format!("{what}: {e}");
-    let password = random_token();
+    let primary = (flavor == Flavor::Standby).then(Postgres::shared);
+    let password = primary.map_or_else(random_token, |p| p.password.clone());
     let pwfile = dir.join("pwfile");
     fs::write(&pwfile, format!("{password}\n")).map_err(io("writing pwfile"))?;
     // Written before the chown below, so the server's user owns the key (mode 0600).
@@ -310,23 +347,45 @@ fn init_and_start(bindir: &Path, dir: &Path, flavor: Flavor) -> Result<Postgres,
         run(Command::new("chown").arg("-R").arg("postgres").arg(dir))?;
     }
     let data = dir.join("data");
-    let mut initdb = as_postgres_user(&bindir.join("initdb"));
-    initdb
-        .arg("-D")
-        .arg(&data)
-        .args(["-U", "postgres", "--pwfile"])
-        .arg(&pwfile)
-        .args(["--auth-local=trust", "--auth-host=scram-sha-256"])
-        .args(["-E", "UTF8", "--locale=C", "--no-sync"])
-        .current_dir(dir);
-    run(&mut initdb)?;
+    if let Some(primary) = primary {
+        // initdb's pg_hba lets the superuser replicate over TCP with its password.
+        let mut backup = as_postgres_user(&bindir.join("pg_basebackup"));
+        backup
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &primary.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .args(["-R", "-X", "stream", "--no-sync", "-w"])
+            // A spread checkpoint can take minutes on a server busy with other tests.
+            .args(["--checkpoint", "fast"])
+            .env("PGPASSWORD", &password)
+            .current_dir(dir);
+        run(&mut backup)?;
+    } else {
+        let mut initdb = as_postgres_user(&bindir.join("initdb"));
+        initdb
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "--pwfile"])
+            .arg(&pwfile)
+            .args(["--auth-local=trust", "--auth-host=scram-sha-256"])
+            .args(["-E", "UTF8", "--locale=C", "--no-sync"])
+            .current_dir(dir);
+        run(&mut initdb)?;
+    }
     let _ = fs::remove_file(&pwfile);
 
     let port = free_port();
     let socket_dir = dir.to_string_lossy().replace('\'', "''");
     let quoted = |p: PathBuf| p.to_string_lossy().replace('\'', "''");
     let (listen, tls_settings) = match flavor {
-        Flavor::Plain => ("127.0.0.1", String::new()),
+        Flavor::Plain | Flavor::Standby => ("127.0.0.1", String::new()),
         Flavor::TlsOnly => (
             "127.0.0.1,127.0.0.2",
             format!(
@@ -343,7 +402,7 @@ fn init_and_start(bindir: &Path, dir: &Path, flavor: Flavor) -> Result<Postgres,
          max_connections = 300\nshared_buffers = '32MB'\n\
          password_encryption = 'scram-sha-256'\n\
          fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
-         log_line_prefix = '%m [%p] %q%u@%d '\n{tls_settings}"
+         log_line_prefix = '%m [%p] %q%u@%d '\nlog_connections = on\n{tls_settings}"
     );
     OpenOptions::new()
         .append(true)

@@ -287,6 +287,34 @@ pub fn encode_data_row(buf: &mut BytesMut, values: &[Option<&str>]) {
     });
 }
 
+/// Decodes a DataRow ('D') from a server: each column's value, `None` for NULL. The column
+/// count is checked against the body's length before the list is allocated.
+pub fn parse_data_row(body: &[u8]) -> Result<Vec<Option<&[u8]>>, ProtocolError> {
+    let mut reader = BodyReader::new(body);
+    let count = usize::try_from(reader.i16()?)
+        .map_err(|_| ProtocolError::Malformed("negative DataRow column count"))?;
+    // Every column takes at least its 4-byte length.
+    if count > reader.remaining() / 4 {
+        return Err(ProtocolError::Malformed(
+            "DataRow column count exceeds its body",
+        ));
+    }
+    let mut values = Vec::with_capacity(count);
+    for _ in 0..count {
+        let value = match reader.i32()? {
+            -1 => None,
+            len => {
+                let len = usize::try_from(len)
+                    .map_err(|_| ProtocolError::Malformed("negative DataRow value length"))?;
+                Some(reader.bytes(len)?)
+            }
+        };
+        values.push(value);
+    }
+    reader.finish()?;
+    Ok(values)
+}
+
 /// Appends CommandComplete with its command tag, e.g. `"SHOW"` or `"SELECT 3"`.
 pub fn encode_command_complete(buf: &mut BytesMut, tag: &str) {
     write_message(buf, b'C', |body| put_cstr(body, tag.as_bytes()));

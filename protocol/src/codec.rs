@@ -22,6 +22,15 @@ impl<'a> BodyReader<'a> {
         self.array().map(i32::from_be_bytes)
     }
 
+    pub(crate) fn i16(&mut self) -> Result<i16, ProtocolError> {
+        self.array().map(i16::from_be_bytes)
+    }
+
+    /// How many bytes are left to read.
+    pub(crate) fn remaining(&self) -> usize {
+        self.rest.len()
+    }
+
     pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], ProtocolError> {
         self.bytes(N)?
             .try_into()

@@ -100,6 +100,55 @@ pub fn encode_target(buf: &mut BytesMut, tag: u8, kind: u8, name: &[u8]) {
     });
 }
 
+/// Appends a Parse of `query` as `statement`, leaving every parameter's type to the server.
+pub fn encode_parse_query(buf: &mut BytesMut, statement: &[u8], query: &str) {
+    write_message(buf, b'P', |b| {
+        put_cstr(b, statement);
+        put_cstr(b, query.as_bytes());
+        b.put_i16(0);
+    });
+}
+
+/// Appends a Bind of `statement` to `portal` with text parameters (`None` is NULL) and
+/// text results. Parameters past the 32,767 an Int16 count carries are left out.
+///
+/// # Panics
+/// If a parameter exceeds the protocol's 2 GiB length field.
+pub fn encode_bind_text(
+    buf: &mut BytesMut,
+    portal: &[u8],
+    statement: &[u8],
+    params: &[Option<&str>],
+) {
+    let params = &params[..params.len().min(i16::MAX as usize)];
+    write_message(buf, b'B', |b| {
+        put_cstr(b, portal);
+        put_cstr(b, statement);
+        b.put_i16(0); // parameter formats: all text
+        b.put_i16(params.len() as i16);
+        for param in params {
+            match param {
+                None => b.put_i32(-1),
+                Some(text) => {
+                    let len = i32::try_from(text.len())
+                        .expect("parameter exceeds the protocol's 2 GiB length field");
+                    b.put_i32(len);
+                    b.put_slice(text.as_bytes());
+                }
+            }
+        }
+        b.put_i16(0); // result formats: all text
+    });
+}
+
+/// Appends an Execute of `portal`, returning at most `max_rows` rows (0: all).
+pub fn encode_execute(buf: &mut BytesMut, portal: &[u8], max_rows: i32) {
+    write_message(buf, b'E', |b| {
+        put_cstr(b, portal);
+        b.put_i32(max_rows);
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,6 +195,25 @@ mod tests {
         assert!(parse_target(b"Xs1\0").is_err());
         assert!(parse_target(b"Ss1").is_err());
         assert!(parse_target(b"Ss1\0extra").is_err());
+    }
+
+    #[test]
+    fn text_query_messages_have_the_documented_layout() {
+        let mut buf = BytesMut::new();
+        encode_parse_query(&mut buf, b"", "SELECT $1");
+        let (tag, body) = body_of(&mut buf);
+        assert_eq!((tag, &body[..]), (b'P', &b"\0SELECT $1\0\0\0"[..]));
+
+        encode_bind_text(&mut buf, b"", b"", &[Some("ab"), None]);
+        let (tag, body) = body_of(&mut buf);
+        assert_eq!(tag, b'B');
+        assert_eq!(&body[..], b"\0\0\0\0\0\x02\0\0\0\x02ab\xff\xff\xff\xff\0\0");
+        let bind = parse_bind(&body).unwrap();
+        assert_eq!((bind.portal, bind.statement), (&b""[..], &b""[..]));
+
+        encode_execute(&mut buf, b"", 0);
+        let (tag, body) = body_of(&mut buf);
+        assert_eq!((tag, &body[..]), (b'E', &b"\0\0\0\0\0"[..]));
     }
 
     #[test]

@@ -2,6 +2,11 @@
 //! [`ScramServer`] verifies a client against a stored [`ScramSecret`], [`ScramClient`] logs in
 //! to a server with a password. Callers move the messages inside SASL protocol messages.
 //!
+//! Pass-through: a successful [`ScramServer`] exchange yields the client's [`ScramKeys`]
+//! (ClientKey recovered from its proof, ServerKey from the secret), and
+//! [`ScramClient::with_keys`] logs in with them to a server storing the same verifier,
+//! without the plaintext password ever being known.
+//!
 //! PostgreSQL's dialect: the user name in client-first-message is ignored (the startup
 //! packet's user counts); passwords are normalised with SASLprep, falling back to the raw
 //! password when SASLprep rejects it; no channel binding is offered yet, so the GS2 header
@@ -159,6 +164,37 @@ impl fmt::Debug for ScramSecret {
     }
 }
 
+/// What proves knowledge of a password to a server holding its verifier: ClientKey
+/// (whose hash is the StoredKey) and ServerKey, both `HMAC(SaltedPassword, ...)`. They are
+/// password-equivalent for that verifier (same salt and iterations) only. `Debug` hides them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ScramKeys {
+    pub client_key: [u8; 32],
+    pub server_key: [u8; 32],
+}
+
+impl ScramKeys {
+    /// The keys of `password` under this salt and iteration count (one PBKDF2 run).
+    ///
+    /// # Panics
+    /// If `iterations` is 0.
+    pub fn from_password(password: &str, salt: &[u8], iterations: u32) -> Self {
+        let iterations =
+            NonZeroU32::new(iterations).expect("SCRAM iteration count must be positive");
+        let keys = PasswordKeys::derive(password, salt, iterations);
+        Self {
+            client_key: keys.client_key,
+            server_key: keys.server_key,
+        }
+    }
+}
+
+impl fmt::Debug for ScramKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ScramKeys(<redacted>)")
+    }
+}
+
 /// The server side of one exchange: `client_first`, then `client_final`.
 pub struct ScramServer {
     secret: ScramSecret,
@@ -266,6 +302,15 @@ impl ScramServer {
         }
     }
 
+    /// The keys a pass-through login needs, once the exchange has succeeded: the client's
+    /// ClientKey and the secret's ServerKey.
+    pub fn keys(&self) -> Option<ScramKeys> {
+        self.client_key().map(|client_key| ScramKeys {
+            client_key,
+            server_key: self.secret.server_key,
+        })
+    }
+
     fn take_state(&mut self) -> ServerState {
         std::mem::replace(&mut self.state, ServerState::Failed)
     }
@@ -358,10 +403,18 @@ impl<'a> ClientFinal<'a> {
 
 /// The client side of one exchange: `client_first`, `server_first`, then `server_final`.
 pub struct ScramClient {
-    password: String,
+    credential: Credential,
     client_nonce: String,
     client_first_bare: String,
     state: ClientState,
+}
+
+/// What a [`ScramClient`] proves itself with.
+enum Credential {
+    /// Derived into keys with the salt and iterations the server sends.
+    Password(String),
+    /// Already derived (pass-through); only valid for the verifier they came from.
+    Keys(ScramKeys),
 }
 
 enum ClientState {
@@ -378,11 +431,25 @@ impl ScramClient {
     /// Starts an exchange proving knowledge of `password`. `client_nonce_bytes` must be
     /// fresh random bytes (libpq uses 18); they are sent base64-encoded.
     pub fn new(password: &str, client_nonce_bytes: &[u8]) -> Self {
+        Self::start(
+            Credential::Password(password.to_owned()),
+            client_nonce_bytes,
+        )
+    }
+
+    /// Starts an exchange proving knowledge of the password behind `keys` without the
+    /// password itself (SCRAM pass-through). The server must store the verifier the keys
+    /// belong to; the salt and iteration count it sends are not used.
+    pub fn with_keys(keys: ScramKeys, client_nonce_bytes: &[u8]) -> Self {
+        Self::start(Credential::Keys(keys), client_nonce_bytes)
+    }
+
+    fn start(credential: Credential, client_nonce_bytes: &[u8]) -> Self {
         let client_nonce = BASE64.encode(client_nonce_bytes);
         // Like libpq, send no user name: PostgreSQL takes it from the startup packet.
         let client_first_bare = format!("n=,r={client_nonce}");
         Self {
-            password: password.to_owned(),
+            credential,
             client_nonce,
             client_first_bare,
             state: ClientState::AwaitingServerFirst,
@@ -401,34 +468,19 @@ impl ScramClient {
             return Err(ScramError::OutOfOrder);
         };
         let server_first = message_text(message)?;
-        let mut parts = server_first.split(',');
-        let first = parts.next().unwrap_or_default();
-        if first.starts_with("m=") {
-            return Err(ScramError::ExtensionUnsupported);
-        }
-        let nonce = expect_attribute(Some(first), b'r', "expected nonce attribute r=")?;
+        let parsed = ServerFirst::parse(server_first)?;
+        let (nonce, salt, iterations) = (parsed.nonce, parsed.salt, parsed.iterations);
         if nonce.len() <= self.client_nonce.len() || !nonce.starts_with(&self.client_nonce) {
             return Err(ScramError::NonceMismatch);
         }
-        if !is_printable(nonce) {
-            return Err(ScramError::Malformed("nonce is empty or not printable"));
-        }
-        let salt = expect_attribute(parts.next(), b's', "expected salt attribute s=")?;
-        let salt = BASE64
-            .decode(salt)
-            .map_err(|_| ScramError::Malformed("salt is not valid base64"))?;
-        let iterations =
-            expect_attribute(parts.next(), b'i', "expected iteration count attribute i=")?;
-        let iterations = parse_iterations(iterations).ok_or(ScramError::Malformed(
-            "iteration count is not a positive integer",
-        ))?;
-        if parts.next().is_some() {
-            return Err(ScramError::Malformed(
-                "attributes after the iteration count",
-            ));
-        }
 
-        let keys = PasswordKeys::derive(&self.password, &salt, iterations);
+        let keys = match &self.credential {
+            Credential::Password(password) => PasswordKeys::derive(password, &salt, iterations),
+            Credential::Keys(keys) => PasswordKeys {
+                client_key: keys.client_key,
+                server_key: keys.server_key,
+            },
+        };
         let without_proof = format!("c={},r={nonce}", BASE64.encode(GS2_NO_BINDING));
         let auth_message = format!("{},{server_first},{without_proof}", self.client_first_bare);
         let client_signature = hmac_sha256(&sha256(&keys.client_key), auth_message.as_bytes());
@@ -481,6 +533,54 @@ impl fmt::Debug for ScramClient {
             .field("client_nonce", &self.client_nonce)
             .finish_non_exhaustive()
     }
+}
+
+/// A server-first-message: `r=<nonce>,s=<salt>,i=<iterations>`.
+struct ServerFirst<'a> {
+    nonce: &'a str,
+    salt: Vec<u8>,
+    iterations: NonZeroU32,
+}
+
+impl<'a> ServerFirst<'a> {
+    fn parse(message: &'a str) -> Result<Self, ScramError> {
+        let mut parts = message.split(',');
+        let first = parts.next().unwrap_or_default();
+        if first.starts_with("m=") {
+            return Err(ScramError::ExtensionUnsupported);
+        }
+        let nonce = expect_attribute(Some(first), b'r', "expected nonce attribute r=")?;
+        if !is_printable(nonce) {
+            return Err(ScramError::Malformed("nonce is empty or not printable"));
+        }
+        let salt = expect_attribute(parts.next(), b's', "expected salt attribute s=")?;
+        let salt = BASE64
+            .decode(salt)
+            .map_err(|_| ScramError::Malformed("salt is not valid base64"))?;
+        let iterations =
+            expect_attribute(parts.next(), b'i', "expected iteration count attribute i=")?;
+        let iterations = parse_iterations(iterations).ok_or(ScramError::Malformed(
+            "iteration count is not a positive integer",
+        ))?;
+        if parts.next().is_some() {
+            return Err(ScramError::Malformed(
+                "attributes after the iteration count",
+            ));
+        }
+        Ok(Self {
+            nonce,
+            salt,
+            iterations,
+        })
+    }
+}
+
+/// The salt and iteration count a server-first-message asks for: what
+/// [`ScramKeys::from_password`] needs, for callers that keep derived keys instead of
+/// running PBKDF2 on every login.
+pub fn server_first_salt(message: &[u8]) -> Result<(Vec<u8>, u32), ScramError> {
+    let parsed = ServerFirst::parse(message_text(message)?)?;
+    Ok((parsed.salt, parsed.iterations.get()))
 }
 
 /// ClientKey and ServerKey derived from a password.

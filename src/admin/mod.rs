@@ -44,7 +44,9 @@ pub async fn login(
         return Err(SessionError::NotAnAdmin(user.to_owned()));
     };
     let auth = ClientAuth::for_secret(&admin.password, user, config.defaults.auth_type);
-    crate::session::prove(stream, buf, &mut out, &auth, user).await
+    crate::session::prove(stream, buf, &mut out, &auth, user)
+        .await
+        .map(drop)
 }
 
 /// Runs the console for a logged-in admin until it leaves.
@@ -141,7 +143,6 @@ async fn pause(shared: &Shared, database: Option<&str>) -> Result<(), String> {
     let affected: Vec<_> = tenants
         .iter()
         .filter(|t| database.is_none_or(|db| t.settings.database == db))
-        .cloned()
         .collect();
     match database {
         None => shared.pause.global.store(true, Relaxed),

@@ -45,7 +45,7 @@ impl Table {
 /// Appends the result set of `SHOW what`, or an error message.
 pub fn render(what: Show, shared: &Shared, out: &mut BytesMut) -> Result<(), String> {
     let tenants = shared.tenants.load_full();
-    let mut tenants: Vec<Arc<Tenant>> = tenants.iter().cloned().collect();
+    let mut tenants: Vec<Arc<Tenant>> = tenants.iter().collect();
     tenants.sort_by(|a, b| {
         let key = |t: &Tenant| (t.settings.database.clone(), t.settings.user.clone());
         key(a).cmp(&key(b))

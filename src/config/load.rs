@@ -104,6 +104,16 @@ impl Config {
                 secrets.push((key("tenants", i, "server_password"), server_password));
             }
         }
+        for (name, cluster) in &mut self.clusters {
+            if let Some(auth_password) = &mut cluster.auth_password {
+                let path = vec![
+                    "clusters".to_owned(),
+                    name.clone(),
+                    "auth_password".to_owned(),
+                ];
+                secrets.push((path, auth_password));
+            }
+        }
         let origin = &self.origin;
         secrets
             .into_iter()

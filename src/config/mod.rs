@@ -203,6 +203,79 @@ pub struct Cluster {
     pub tls: ServerTlsMode,
     /// PEM root certificates that verify-ca and verify-full trust (e.g. the RDS bundle).
     pub tls_ca_file: Option<PathBuf>,
+    /// Role sluice logs in as to run `auth_query`; with `auth_password` and
+    /// `auth_databases` it turns on dynamic tenants for this cluster.
+    pub auth_user: Option<String>,
+    /// Password of `auth_user`: plaintext or an md5 hash, given like tenant passwords.
+    pub auth_password: Option<Secret>,
+    /// Returns (user name, stored password) for the user name bound to `$1`.
+    #[serde(default = "default_auth_query")]
+    pub auth_query: String,
+    /// Which client databases become dynamic tenants on this cluster.
+    pub auth_databases: Option<AuthDatabases>,
+    /// How long a looked-up password (or a "no such role") is trusted.
+    #[serde(default = "default_auth_cache_ttl", with = "humantime_serde")]
+    pub auth_cache_ttl: Duration,
+    /// Most looked-up answers kept; the oldest are dropped first.
+    #[serde(default = "default_auth_cache_size")]
+    pub auth_cache_size: u32,
+    /// A dynamic tenant with no clients and no server connections is dropped after
+    /// this long without a login.
+    #[serde(
+        default = "default_dynamic_tenant_idle_timeout",
+        with = "humantime_serde"
+    )]
+    pub dynamic_tenant_idle_timeout: Duration,
+    /// Client databases named `<database><read_only_suffix>` become dynamic tenants on
+    /// `read_only_cluster`, logging in to `<database>` there.
+    pub read_only_suffix: Option<String>,
+    pub read_only_cluster: Option<String>,
+}
+
+/// `auth_databases`: `"*"` (every database no tenant is configured for) or a list.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum AuthDatabases {
+    /// Must be `"*"` (validated).
+    Pattern(String),
+    List(Vec<String>),
+}
+
+impl AuthDatabases {
+    pub const ALL: &'static str = "*";
+
+    pub fn matches(&self, database: &str) -> bool {
+        match self {
+            AuthDatabases::Pattern(pattern) => pattern == Self::ALL,
+            AuthDatabases::List(names) => names.iter().any(|name| name == database),
+        }
+    }
+}
+
+impl Cluster {
+    /// True when this cluster looks tenants up with `auth_query`.
+    pub fn has_auth_query(&self) -> bool {
+        self.auth_databases.is_some()
+    }
+}
+
+/// PgBouncer's default, so existing setups keep working.
+pub const DEFAULT_AUTH_QUERY: &str = "SELECT usename, passwd FROM pg_shadow WHERE usename=$1";
+
+fn default_auth_query() -> String {
+    DEFAULT_AUTH_QUERY.to_owned()
+}
+
+fn default_auth_cache_ttl() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_auth_cache_size() -> u32 {
+    10_000
+}
+
+fn default_dynamic_tenant_idle_timeout() -> Duration {
+    Duration::from_secs(3600)
 }
 
 /// `client_tls`: whether clients may, or must, use TLS.
@@ -285,6 +358,10 @@ pub struct TenantConfig {
     pub server_idle_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub server_lifetime: Option<Duration>,
+    /// A second database name clients may connect to, served by `read_only_cluster`
+    /// with the same credentials and upstream database (a reader endpoint).
+    pub read_only_database: Option<String>,
+    pub read_only_cluster: Option<String>,
 }
 
 /// A tenant with every default applied: what the pool and the session code
@@ -321,7 +398,61 @@ pub struct TenantSettings {
     pub server_lifetime: Duration,
 }
 
+impl TenantDefaults {
+    /// The settings of a tenant made at login from `auth_query`: every limit from
+    /// `[defaults]`, the upstream role the same as the client's.
+    pub fn dynamic_tenant(
+        &self,
+        database: &str,
+        user: &str,
+        cluster: &str,
+        server_database: &str,
+        password: Secret,
+    ) -> TenantSettings {
+        TenantConfig {
+            database: database.to_owned(),
+            user: user.to_owned(),
+            cluster: cluster.to_owned(),
+            password,
+            server_database: Some(server_database.to_owned()),
+            server_user: None,
+            server_password: None,
+            pool_mode: None,
+            pool_size: None,
+            min_pool_size: None,
+            reserve_pool_size: None,
+            reserve_pool_timeout: None,
+            max_client_connections: None,
+            query_wait_timeout: None,
+            server_connect_timeout: None,
+            auth_type: None,
+            max_prepared_statements: None,
+            query_timeout: None,
+            idle_transaction_timeout: None,
+            client_idle_timeout: None,
+            server_idle_timeout: None,
+            server_lifetime: None,
+            read_only_database: None,
+            read_only_cluster: None,
+        }
+        .effective(self)
+    }
+}
+
 impl TenantConfig {
+    /// The settings of this tenant's read-only route, if it has one: the same tenant
+    /// under `read_only_database` on `read_only_cluster`, with the same upstream database.
+    pub fn read_only_route(&self, defaults: &TenantDefaults) -> Option<TenantSettings> {
+        let (database, cluster) = (
+            self.read_only_database.as_ref()?,
+            self.read_only_cluster.as_ref()?,
+        );
+        let mut settings = self.effective(defaults);
+        settings.database = database.clone();
+        settings.cluster = cluster.clone();
+        Some(settings)
+    }
+
     /// This tenant's settings with `defaults` filled in for every limit it
     /// does not set, and the upstream database, user and password resolved.
     pub fn effective(&self, defaults: &TenantDefaults) -> TenantSettings {

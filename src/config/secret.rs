@@ -77,6 +77,12 @@ impl Secret {
         }
     }
 
+    /// A secret obtained at run time rather than from the configuration (a password
+    /// looked up with `auth_query`).
+    pub fn from_value(value: impl Into<String>) -> Secret {
+        Secret::literal(value)
+    }
+
     /// The secret value itself. Do not log it.
     pub fn expose(&self) -> &str {
         &self.value

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use super::error::Problem;
 use super::{
-    AuthType, ClientTlsMode, Config, Origin, PasswordKind, Secret, ServerTlsMode, TenantConfig,
+    AuthDatabases, AuthType, ClientTlsMode, Config, Origin, PasswordKind, Secret, ServerTlsMode,
+    TenantConfig,
 };
 
 /// Database names that reach the admin console instead of a tenant.
@@ -27,6 +28,7 @@ impl Config {
         check.admins(self);
         check.defaults(self);
         check.clusters(self);
+        check.auth_queries(self);
         for (i, tenant) in self.tenants.iter().enumerate() {
             check.tenant(self, i, tenant);
         }
@@ -217,6 +219,28 @@ impl Checker<'_> {
             self.fail(&key("cluster"), message);
         }
 
+        match (&tenant.read_only_database, &tenant.read_only_cluster) {
+            (Some(database), Some(cluster)) => {
+                self.non_empty(&key("read_only_database"), database);
+                if RESERVED_DATABASES.contains(&database.as_str()) {
+                    let message = format!("\"{database}\" is reserved for the admin console");
+                    self.fail(&key("read_only_database"), message);
+                }
+                if !config.clusters.contains_key(cluster) {
+                    let message = format!("cluster \"{cluster}\" is not defined");
+                    self.fail(&key("read_only_cluster"), message);
+                }
+            }
+            (Some(_), None) => self.fail(
+                &key("read_only_cluster"),
+                "is required with read_only_database".to_owned(),
+            ),
+            (None, Some(_)) => self.fail(
+                &key("read_only_database"),
+                "is required with read_only_cluster".to_owned(),
+            ),
+            (None, None) => {}
+        }
         if let Some(server_database) = &tenant.server_database {
             self.non_empty(&key("server_database"), server_database);
         }
@@ -283,18 +307,119 @@ impl Checker<'_> {
         }
     }
 
+    /// Every (database, user) pair, read-only routes included, is defined once.
     fn unique_tenants(&mut self, config: &Config) {
         let mut seen: BTreeMap<(&str, &str), usize> = BTreeMap::new();
         for (i, tenant) in config.tenants.iter().enumerate() {
-            let pair = (tenant.database.as_str(), tenant.user.as_str());
-            if let Some(&first) = seen.get(&pair) {
-                let message = format!(
-                    "database \"{}\" with user \"{}\" is already defined by tenants[{first}]",
-                    tenant.database, tenant.user
+            let read_only = tenant.read_only_database.as_deref();
+            for database in std::iter::once(tenant.database.as_str()).chain(read_only) {
+                let pair = (database, tenant.user.as_str());
+                if let Some(&first) = seen.get(&pair) {
+                    let message = format!(
+                        "database \"{database}\" with user \"{}\" is already defined by tenants[{first}]",
+                        tenant.user
+                    );
+                    self.fail(&["tenants", &i.to_string()], message);
+                } else {
+                    seen.insert(pair, i);
+                }
+            }
+        }
+    }
+
+    /// The `auth_*` keys of each cluster: all of auth_user, auth_password and
+    /// auth_databases or none; a database claimed by one cluster only; read-only
+    /// patterns pointing at a defined cluster.
+    fn auth_queries(&mut self, config: &Config) {
+        let mut claimed: BTreeMap<&str, &str> = BTreeMap::new();
+        for (name, cluster) in &config.clusters {
+            let key = |field: &'static str| ["clusters", name.as_str(), field];
+            let given = [
+                ("auth_user", cluster.auth_user.is_some()),
+                ("auth_password", cluster.auth_password.is_some()),
+                ("auth_databases", cluster.auth_databases.is_some()),
+            ];
+            if given.iter().any(|(_, set)| *set) {
+                for (field, set) in given {
+                    if !set {
+                        let message =
+                            "is required with auth_user, auth_password and auth_databases (dynamic tenants)";
+                        self.fail(&key(field), message.to_owned());
+                    }
+                }
+            }
+            if let Some(user) = &cluster.auth_user {
+                self.non_empty(&key("auth_user"), user);
+            }
+            if let Some(password) = &cluster.auth_password {
+                self.secret_non_empty(&key("auth_password"), password);
+                if password.password_kind() == PasswordKind::ScramVerifier {
+                    let message = "must be the plaintext password (or an md5 hash): a SCRAM verifier cannot log in";
+                    self.fail_secret(&key("auth_password"), password, message.to_owned());
+                }
+            }
+            if !cluster.auth_query.contains("$1") {
+                self.fail(
+                    &key("auth_query"),
+                    "must take the user name as parameter $1".to_owned(),
                 );
-                self.fail(&["tenants", &i.to_string()], message);
-            } else {
-                seen.insert(pair, i);
+            }
+            self.at_least_one(&key("auth_cache_size"), cluster.auth_cache_size);
+            self.positive(
+                &key("dynamic_tenant_idle_timeout"),
+                cluster.dynamic_tenant_idle_timeout,
+            );
+            match &cluster.auth_databases {
+                Some(AuthDatabases::Pattern(pattern)) if pattern != AuthDatabases::ALL => {
+                    let message =
+                        format!("\"{pattern}\" is neither \"*\" nor a list of database names");
+                    self.fail(&key("auth_databases"), message);
+                }
+                Some(AuthDatabases::List(names)) if names.is_empty() => {
+                    self.fail(&key("auth_databases"), "must not be empty".to_owned());
+                }
+                _ => {}
+            }
+            let databases: Vec<&str> = match &cluster.auth_databases {
+                Some(AuthDatabases::Pattern(pattern)) => vec![pattern.as_str()],
+                Some(AuthDatabases::List(names)) => names.iter().map(String::as_str).collect(),
+                None => Vec::new(),
+            };
+            for database in databases {
+                if RESERVED_DATABASES.contains(&database) {
+                    let message = format!("\"{database}\" is reserved for the admin console");
+                    self.fail(&key("auth_databases"), message);
+                } else if let Some(other) = claimed.insert(database, name) {
+                    let message = format!(
+                        "database \"{database}\" is already claimed by cluster \"{other}\""
+                    );
+                    self.fail(&key("auth_databases"), message);
+                }
+            }
+            match (&cluster.read_only_suffix, &cluster.read_only_cluster) {
+                (Some(suffix), Some(reader)) => {
+                    self.non_empty(&key("read_only_suffix"), suffix);
+                    if !cluster.has_auth_query() {
+                        self.fail(
+                            &key("read_only_suffix"),
+                            "needs auth_databases: it names read-only routes of dynamic tenants"
+                                .to_owned(),
+                        );
+                    }
+                    if !config.clusters.contains_key(reader) {
+                        let message = format!("cluster \"{reader}\" is not defined");
+                        self.fail(&key("read_only_cluster"), message);
+                    }
+                }
+                (Some(_), None) => self.fail(
+                    &key("read_only_cluster"),
+                    "is required with read_only_suffix".to_owned(),
+                ),
+                (None, Some(_)) => self.fail(
+                    &key("read_only_suffix"),
+                    "is required with read_only_cluster".to_owned(),
+                ),
+                (None, None) => {}
             }
         }
     }

@@ -1,6 +1,11 @@
 //! Opening a server connection: TCP, startup packet, authentication as the tenant's role
 //! (SCRAM-SHA-256, md5 or cleartext, whichever the server asks for), then the server's
 //! ParameterStatus set and BackendKeyData up to the first ReadyForQuery.
+//!
+//! What sluice proves itself with is a [`ServerCredentials`]: a plaintext password, an md5
+//! hash (answers md5 challenges), SCRAM keys recovered from a client's login (SCRAM
+//! pass-through), or credentials learned from clients at login and replaced by later
+//! logins ([`LearnedCredentials`]).
 
 use super::{ServerConn, SERVER_READ_CHUNK};
 use crate::budget::Slot;
@@ -11,15 +16,18 @@ use crate::stats::ServerRegistry;
 use crate::stream::Stream;
 use crate::tls::ServerTls;
 use crate::wire::{flush, read_message, ReadError};
+use arc_swap::ArcSwapOption;
 use bytes::BytesMut;
 use sluice_protocol::backend::{self, AuthRequest};
 use sluice_protocol::frame::MAX_LOGIN_MESSAGE_LEN;
 use sluice_protocol::frontend;
 use sluice_protocol::md5::md5_client_response;
-use sluice_protocol::scram::ScramClient;
+use sluice_protocol::md5::md5_salted;
+use sluice_protocol::scram::{server_first_salt, ScramClient, ScramKeys};
 use sluice_protocol::startup::encode_ssl_request;
 use sluice_protocol::startup::{encode_startup, CancelKey};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -31,9 +39,117 @@ pub struct ServerTarget {
     pub port: u16,
     pub database: String,
     pub user: String,
-    /// Plaintext password for the server login; `None` works only with `trust`.
-    pub password: Option<String>,
+    pub credentials: ServerCredentials,
     pub connect_timeout: Duration,
+}
+
+/// What sluice proves the role's identity to the server with.
+#[derive(Clone)]
+pub enum ServerCredentials {
+    /// Nothing: works only with `trust`.
+    None,
+    /// The plaintext password: answers every method.
+    Password(Arc<ServerPassword>),
+    /// A stored md5 hash (`md5…`): answers an md5 challenge, nothing else.
+    Md5Hash(String),
+    /// ClientKey and ServerKey of the role's SCRAM verifier: answer SCRAM only, and only
+    /// while the server keeps that verifier.
+    ScramKeys(ScramKeys),
+    /// Whatever the latest client login left (SCRAM keys from its proof, or the md5 hash
+    /// it was checked against); nothing until a client has logged in.
+    Learned(Arc<LearnedCredentials>),
+}
+
+/// A plaintext server password, with the SCRAM keys last derived from it: PBKDF2 runs once
+/// per salt and iteration count, not once per server connection.
+pub struct ServerPassword {
+    text: String,
+    derived: Mutex<Option<DerivedKeys>>,
+}
+
+struct DerivedKeys {
+    salt: Vec<u8>,
+    iterations: u32,
+    keys: ScramKeys,
+}
+
+impl ServerPassword {
+    pub fn new(text: impl Into<String>) -> Arc<Self> {
+        Arc::new(ServerPassword {
+            text: text.into(),
+            derived: Mutex::new(None),
+        })
+    }
+
+    /// The password itself. Do not log it.
+    pub fn expose(&self) -> &str {
+        &self.text
+    }
+
+    /// The SCRAM keys of this password under `salt` and `iterations`, derived only when
+    /// they differ from the last ones.
+    fn scram_keys(&self, salt: &[u8], iterations: u32) -> ScramKeys {
+        let cached = self.derived.lock().expect("derived keys lock");
+        if let Some(derived) = cached
+            .as_ref()
+            .filter(|d| d.salt == salt && d.iterations == iterations)
+        {
+            return derived.keys.clone();
+        }
+        drop(cached);
+        // Derived outside the lock: PBKDF2 takes milliseconds.
+        let keys = ScramKeys::from_password(&self.text, salt, iterations);
+        *self.derived.lock().expect("derived keys lock") = Some(DerivedKeys {
+            salt: salt.to_vec(),
+            iterations,
+            keys: keys.clone(),
+        });
+        keys
+    }
+}
+
+/// Credentials learned from clients at login, shared between a tenant's login path and
+/// its pool, so new server connections use what the latest login proved.
+#[derive(Default)]
+pub struct LearnedCredentials(ArcSwapOption<ServerCredentials>);
+
+impl LearnedCredentials {
+    /// Replaces what was learned before; `learned` must not itself be `Learned`.
+    pub fn learn(&self, learned: ServerCredentials) {
+        debug_assert!(!matches!(learned, ServerCredentials::Learned(_)));
+        let unchanged = self
+            .0
+            .load()
+            .as_deref()
+            .is_some_and(|c| c.same_as(&learned));
+        if !unchanged {
+            self.0.store(Some(Arc::new(learned)));
+        }
+    }
+
+    fn current(&self) -> ServerCredentials {
+        self.0
+            .load_full()
+            .map_or(ServerCredentials::None, |c| (*c).clone())
+    }
+}
+
+impl ServerCredentials {
+    /// The credentials to log in with now: a `Learned` resolved to what it holds.
+    fn resolve(&self) -> ServerCredentials {
+        match self {
+            ServerCredentials::Learned(learned) => learned.current(),
+            other => other.clone(),
+        }
+    }
+
+    fn same_as(&self, other: &ServerCredentials) -> bool {
+        match (self, other) {
+            (ServerCredentials::Md5Hash(a), ServerCredentials::Md5Hash(b)) => a == b,
+            (ServerCredentials::ScramKeys(a), ServerCredentials::ScramKeys(b)) => a == b,
+            _ => false,
+        }
+    }
 }
 
 impl std::fmt::Debug for ServerTarget {
@@ -61,6 +177,11 @@ pub enum ConnectError {
     Rejected { code: String, message: String },
     #[error("server asks for a password but none is configured for this tenant")]
     NoPassword,
+    #[error("server asks for {method} but sluice knows only {known} for this role")]
+    CredentialsUnsuitable {
+        method: &'static str,
+        known: &'static str,
+    },
     #[error("server asks for an unsupported authentication method ({0})")]
     UnsupportedAuth(String),
     #[error("server login failed: {0}")]
@@ -193,7 +314,9 @@ async fn authenticate(
     out: &mut BytesMut,
     target: &ServerTarget,
 ) -> Result<(), ConnectError> {
+    let credentials = target.credentials.resolve();
     let mut scram: Option<ScramClient> = None;
+    let nonce = crate::random::bytes::<18>();
     loop {
         let (tag, body) = read_message(stream, buf, MAX_LOGIN_MESSAGE_LEN).await?;
         match tag {
@@ -209,12 +332,19 @@ async fn authenticate(
         match backend::parse_auth_request(&body).map_err(protocol)? {
             AuthRequest::Ok => return Ok(()),
             AuthRequest::Cleartext => {
-                let password = target.password.as_deref().ok_or(ConnectError::NoPassword)?;
-                frontend::encode_password(out, password.as_bytes());
+                let ServerCredentials::Password(password) = &credentials else {
+                    return Err(unsuitable("a cleartext password", &credentials));
+                };
+                frontend::encode_password(out, password.expose().as_bytes());
             }
             AuthRequest::Md5 { salt } => {
-                let password = target.password.as_deref().ok_or(ConnectError::NoPassword)?;
-                let response = md5_client_response(&target.user, password, salt);
+                let response = match &credentials {
+                    ServerCredentials::Password(password) => {
+                        md5_client_response(&target.user, password.expose(), salt)
+                    }
+                    ServerCredentials::Md5Hash(hash) => md5_salted(hash, salt),
+                    other => return Err(unsuitable("md5", other)),
+                };
                 frontend::encode_password(out, response.as_bytes());
             }
             AuthRequest::Sasl { mechanisms } => {
@@ -223,8 +353,15 @@ async fn authenticate(
                         "SASL mechanisms {mechanisms:?}"
                     )));
                 }
-                let password = target.password.as_deref().ok_or(ConnectError::NoPassword)?;
-                let client = ScramClient::new(password, &crate::random::bytes::<18>());
+                let client = match &credentials {
+                    ServerCredentials::Password(password) => {
+                        ScramClient::new(password.expose(), &nonce)
+                    }
+                    ServerCredentials::ScramKeys(keys) => {
+                        ScramClient::with_keys(keys.clone(), &nonce)
+                    }
+                    other => return Err(unsuitable("SCRAM-SHA-256", other)),
+                };
                 frontend::encode_sasl_initial_response(
                     out,
                     "SCRAM-SHA-256",
@@ -236,6 +373,13 @@ async fn authenticate(
                 let client = scram
                     .as_mut()
                     .ok_or_else(|| ConnectError::Protocol("SASLContinue before SASL".into()))?;
+                if let ServerCredentials::Password(password) = &credentials {
+                    // The same nonce makes the same client-first-message, so the exchange
+                    // continues with the keys instead of deriving them again.
+                    let (salt, iterations) = server_first_salt(data).map_err(protocol)?;
+                    let keys = password.scram_keys(&salt, iterations);
+                    *client = ScramClient::with_keys(keys, &nonce);
+                }
                 let reply = client.server_first(data).map_err(protocol)?;
                 frontend::encode_sasl_response(out, &reply);
             }
@@ -256,6 +400,17 @@ async fn authenticate(
     }
 }
 
+/// The server asked for `method`, which `credentials` cannot answer.
+fn unsuitable(method: &'static str, credentials: &ServerCredentials) -> ConnectError {
+    let known = match credentials {
+        ServerCredentials::None | ServerCredentials::Learned(_) => return ConnectError::NoPassword,
+        ServerCredentials::Password(_) => "a password",
+        ServerCredentials::Md5Hash(_) => "an md5 hash",
+        ServerCredentials::ScramKeys(_) => "SCRAM keys",
+    };
+    ConnectError::CredentialsUnsuitable { method, known }
+}
+
 fn rejected(body: &[u8]) -> ConnectError {
     match backend::parse_error_fields(body) {
         Ok(fields) => ConnectError::Rejected {
@@ -269,3 +424,6 @@ fn rejected(body: &[u8]) -> ConnectError {
 fn protocol(e: impl std::fmt::Display) -> ConnectError {
     ConnectError::Protocol(e.to_string())
 }
+
+#[cfg(test)]
+mod tests;

@@ -8,7 +8,9 @@
 mod connect;
 mod reset;
 
-pub use connect::{connect, ConnectError, ServerTarget};
+pub use connect::{
+    connect, ConnectError, LearnedCredentials, ServerCredentials, ServerPassword, ServerTarget,
+};
 pub use reset::{reset, InFlight};
 
 use crate::budget::Slot;

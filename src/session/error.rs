@@ -43,6 +43,11 @@ pub enum SessionError {
     UnknownUser { database: String, user: String },
     #[error("password authentication failed for user \"{0}\"")]
     BadPassword(String),
+    #[error("could not look up the password of user \"{user}\": {source}")]
+    AuthQuery {
+        user: String,
+        source: crate::auth_query::LookupError,
+    },
     #[error("too many client connections for tenant {tenant} (max_client_connections is {max})")]
     TooManyClients { tenant: String, max: u32 },
     #[error("login did not complete within client_login_timeout ({0:?})")]
@@ -83,9 +88,9 @@ impl SessionError {
             | SessionError::WaitTimeout { .. }
             | SessionError::IdleInTransactionTimeout(_)
             | SessionError::ClientIdleTimeout(_) => ErrorKind::Timeout,
-            SessionError::ServerUnavailable { .. } | SessionError::ServerLost(_) => {
-                ErrorKind::Server
-            }
+            SessionError::ServerUnavailable { .. }
+            | SessionError::ServerLost(_)
+            | SessionError::AuthQuery { .. } => ErrorKind::Server,
             _ => ErrorKind::Client,
         }
     }
@@ -129,6 +134,15 @@ impl SessionError {
             }
             SessionError::ServerLost(_) => {
                 return Some(("08006", "server connection lost".to_owned()))
+            }
+            // The query's error stays in sluice's log: it may name server internals.
+            SessionError::AuthQuery { user, .. } => {
+                return Some((
+                    "08006",
+                    format!(
+                        "could not look up the password of user \"{user}\" (auth_query failed)"
+                    ),
+                ))
             }
         };
         Some((code, self.to_string()))

@@ -11,14 +11,15 @@ use crate::tls::ClientTls;
 
 /// First byte of a TLS handshake record: a client opening with direct TLS.
 const TLS_HANDSHAKE: u8 = 0x16;
-use crate::tenant::{ClientAuth, ClientSlot, Tenant, Tenants, Unknown};
+use crate::server::ServerCredentials;
+use crate::tenant::{ClientAuth, ClientSlot, ResolveError, Resolved, Tenant, Tenants, Unknown};
 use crate::wire::{flush, read_message};
 use bytes::{Buf, BytesMut};
 use sluice_protocol::backend;
 use sluice_protocol::frame::MAX_LOGIN_MESSAGE_LEN;
 use sluice_protocol::frontend;
 use sluice_protocol::md5::md5_salted;
-use sluice_protocol::scram::{ScramError, ScramServer};
+use sluice_protocol::scram::{ScramError, ScramKeys, ScramServer};
 use sluice_protocol::startup::{parse_initial_packet, CancelKey, InitialPacket, StartupMessage};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
@@ -124,17 +125,38 @@ pub async fn authenticate(
     negotiate_version(startup, &mut out);
     let user = startup.user();
     let database = startup.database();
-    let tenant = match tenants.lookup(database, user) {
-        Ok(tenant) => tenant.clone(),
-        Err(Unknown::Database) => return Err(SessionError::UnknownDatabase(database.to_owned())),
-        Err(Unknown::User) => {
+    let tenant = match tenants.resolve(database, user).await {
+        Ok(Resolved::Tenant(tenant)) => tenant,
+        Ok(Resolved::UnknownRole(auth_type)) => {
+            // The same exchange as for a wrong password, so the client cannot tell.
+            prove(stream, buf, &mut out, &ClientAuth::decoy(auth_type), user).await?;
+            return Err(SessionError::BadPassword(user.to_owned()));
+        }
+        Err(ResolveError::Unknown(Unknown::Database)) => {
+            return Err(SessionError::UnknownDatabase(database.to_owned()))
+        }
+        Err(ResolveError::Unknown(Unknown::User)) => {
             return Err(SessionError::UnknownUser {
                 database: database.to_owned(),
                 user: user.to_owned(),
             })
         }
+        Err(ResolveError::Lookup(source)) => {
+            return Err(SessionError::AuthQuery {
+                user: user.to_owned(),
+                source,
+            })
+        }
     };
-    prove(stream, buf, &mut out, &tenant.auth, user).await?;
+    let proof = prove(stream, buf, &mut out, &tenant.auth, user).await?;
+    let proven = match (proof, &tenant.auth) {
+        (Some(keys), _) => Some(ServerCredentials::ScramKeys(keys)),
+        (None, ClientAuth::Md5 { hash }) => Some(ServerCredentials::Md5Hash(hash.clone())),
+        (None, ClientAuth::Scram(_)) => None,
+    };
+    if let Some(credentials) = proven {
+        tenant.learn_server_credentials(credentials);
+    }
     let slot = tenant
         .admit_client()
         .ok_or_else(|| SessionError::TooManyClients {
@@ -158,22 +180,27 @@ pub fn negotiate_version(startup: &StartupMessage, out: &mut BytesMut) {
 }
 
 /// Makes the client prove it knows `auth`'s secret (after whatever is already in
-/// `out`); fails with 28P01 when it does not.
+/// `out`); fails with 28P01 when it does not. A SCRAM proof gives the client's keys,
+/// with which sluice can log in to the server as that role (pass-through).
 pub async fn prove(
     stream: &mut Stream,
     buf: &mut BytesMut,
     out: &mut BytesMut,
     auth: &ClientAuth,
     user: &str,
-) -> Result<(), SessionError> {
-    let proven = match auth {
-        ClientAuth::Scram(secret) => scram(stream, buf, out, secret.clone()).await?,
-        ClientAuth::Md5 { hash } => md5(stream, buf, out, hash).await?,
+) -> Result<Option<ScramKeys>, SessionError> {
+    let (proven, keys) = match auth {
+        ClientAuth::Scram(secret) => match scram(stream, buf, out, secret.clone()).await? {
+            Some(keys) => (true, Some(keys)),
+            None => (false, None),
+        },
+        ClientAuth::Md5 { hash } => (md5(stream, buf, out, hash).await?, None),
     };
     if !proven {
         return Err(SessionError::BadPassword(user.to_owned()));
     }
-    flush(stream, out).await.map_err(SessionError::ClientIo)
+    flush(stream, out).await.map_err(SessionError::ClientIo)?;
+    Ok(keys)
 }
 
 async fn password_message(
@@ -190,13 +217,14 @@ async fn password_message(
     Ok(body)
 }
 
-/// Runs a SCRAM-SHA-256 exchange; `Ok(false)` means the proof did not match.
+/// Runs a SCRAM-SHA-256 exchange; `Ok(None)` means the proof did not match, otherwise
+/// the keys it proved.
 async fn scram(
     stream: &mut Stream,
     buf: &mut BytesMut,
     out: &mut BytesMut,
     secret: sluice_protocol::scram::ScramSecret,
-) -> Result<bool, SessionError> {
+) -> Result<Option<ScramKeys>, SessionError> {
     backend::encode_auth_sasl(out, &["SCRAM-SHA-256"]);
     flush(stream, out).await.map_err(SessionError::ClientIo)?;
     let body = password_message(stream, buf).await?;
@@ -214,9 +242,9 @@ async fn scram(
     match server.client_final(&body) {
         Ok(server_final) => {
             backend::encode_auth_sasl_final(out, &server_final);
-            Ok(true)
+            Ok(server.keys())
         }
-        Err(ScramError::InvalidProof) => Ok(false),
+        Err(ScramError::InvalidProof) => Ok(None),
         Err(e) => Err(scram_violation(e)),
     }
 }

@@ -229,21 +229,6 @@ fn parse_row_description(body: &[u8]) -> Vec<Field<'_>> {
     fields
 }
 
-fn parse_data_row(body: &[u8]) -> Vec<Option<&[u8]>> {
-    let mut reader = crate::codec::BodyReader::new(body);
-    let count = i16::from_be_bytes(reader.array().unwrap());
-    let mut values = Vec::new();
-    for _ in 0..count {
-        let value = match reader.i32().unwrap() {
-            -1 => None,
-            len => Some(reader.bytes(usize::try_from(len).unwrap()).unwrap()),
-        };
-        values.push(value);
-    }
-    reader.finish().unwrap();
-    values
-}
-
 fn text_field(name: &str) -> Field<'_> {
     Field {
         name,
@@ -294,7 +279,7 @@ fn data_row_round_trips_values_and_nulls() {
     let (tag, body) = encoded(|buf| encode_data_row(buf, &values));
     assert_eq!(tag, b'D');
     assert_eq!(
-        parse_data_row(&body),
+        parse_data_row(&body).unwrap(),
         [
             Some(&b"pool"[..]),
             None,
@@ -322,7 +307,7 @@ fn column_counts_stop_at_the_int16_limit() {
     assert_eq!(parse_row_description(&body).len(), MAX_COLUMNS);
     let values = vec![None; MAX_COLUMNS + 3];
     let (_, body) = encoded(|buf| encode_data_row(buf, &values));
-    assert_eq!(parse_data_row(&body).len(), MAX_COLUMNS);
+    assert_eq!(parse_data_row(&body).unwrap().len(), MAX_COLUMNS);
 }
 
 #[test]
@@ -351,10 +336,34 @@ fn a_result_set_splits_back_into_its_messages() {
     let mut tags = Vec::new();
     while let Some((tag, body)) = split_message(&mut buf, MAX_MESSAGE_LEN).unwrap() {
         if tag == b'D' {
-            assert_eq!(parse_data_row(&body).len(), 2);
+            assert_eq!(parse_data_row(&body).unwrap().len(), 2);
         }
         tags.push(tag);
     }
     assert!(buf.is_empty());
     assert_eq!(tags, b"TDDCZ");
+}
+
+#[test]
+fn data_rows_decode_values_and_nulls() {
+    let (tag, body) = encoded(|buf| encode_data_row(buf, &[Some("alice"), None, Some("")]));
+    assert_eq!(tag, b'D');
+    assert_eq!(
+        parse_data_row(&body).unwrap(),
+        vec![Some(&b"alice"[..]), None, Some(&b""[..])]
+    );
+}
+
+#[test]
+fn malformed_data_rows_are_refused_before_allocating() {
+    // 32,767 columns announced in a six-byte body.
+    assert!(parse_data_row(b"\x7f\xff\0\0\0\0").is_err());
+    assert!(parse_data_row(b"\xff\xff").is_err());
+    assert!(parse_data_row(b"\0\x01\xff\xff\xff\xfe").is_err());
+    assert!(parse_data_row(b"\0\x01\0\0\0\x05ab").is_err());
+    assert!(parse_data_row(b"\0\x01\xff\xff\xff\xffx").is_err());
+    let (_, body) = encoded(|buf| encode_data_row(buf, &[Some("abc"), None]));
+    for end in 0..body.len() {
+        assert!(parse_data_row(&body[..end]).is_err());
+    }
 }

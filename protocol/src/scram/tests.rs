@@ -513,3 +513,86 @@ fn debug_output_hides_keys_and_passwords() {
 fn zero_iterations_are_a_programming_error() {
     ScramSecret::from_password("pencil", b"salt", 0);
 }
+
+/// Runs a whole exchange with a pass-through client, returning the first error.
+fn exchange_with_keys(keys: ScramKeys, secret: ScramSecret) -> Result<(), ScramError> {
+    let mut client = ScramClient::with_keys(keys, CLIENT_NONCE);
+    let mut server = ScramServer::new(secret, b"another server nonce");
+    let server_first = server.client_first(&client.client_first())?;
+    let client_final = client.server_first(&server_first)?;
+    let server_final = server.client_final(&client_final)?;
+    client.server_final(&server_final)
+}
+
+#[test]
+fn keys_recovered_from_a_login_log_in_again_without_the_password() {
+    let (_, verifier) = POSTGRES_VERIFIERS[0];
+    let stored = ScramSecret::parse(verifier).unwrap();
+    let server = exchange("pencil", stored.clone()).unwrap();
+    let keys = server.keys().expect("keys after success");
+    assert_eq!(keys.server_key, stored.server_key);
+    assert_eq!(
+        keys,
+        ScramKeys::from_password("pencil", &stored.salt, stored.iterations)
+    );
+    exchange_with_keys(keys, stored).unwrap();
+}
+
+#[test]
+fn keys_are_refused_by_a_server_with_another_verifier() {
+    let keys = exchange("pencil", secret("pencil"))
+        .unwrap()
+        .keys()
+        .unwrap();
+    // Same password, other salt: the keys are not password-equivalent there.
+    let resalted = ScramSecret::from_password("pencil", b"other salt", 4096);
+    assert_eq!(
+        exchange_with_keys(keys.clone(), resalted),
+        Err(ScramError::InvalidProof)
+    );
+    assert_eq!(
+        exchange_with_keys(keys, secret("not pencil")),
+        Err(ScramError::InvalidProof)
+    );
+}
+
+#[test]
+fn a_wrong_server_key_fails_the_server_signature_check() {
+    let mut keys = exchange("pencil", secret("pencil"))
+        .unwrap()
+        .keys()
+        .unwrap();
+    keys.server_key[0] ^= 1;
+    assert_eq!(
+        exchange_with_keys(keys, secret("pencil")),
+        Err(ScramError::InvalidServerSignature)
+    );
+}
+
+#[test]
+fn no_keys_before_or_after_a_failed_exchange() {
+    let server = ScramServer::new(secret("pencil"), SERVER_NONCE);
+    assert!(server.keys().is_none());
+    let failed = exchange("wrong", secret("pencil"));
+    assert_eq!(failed.err(), Some(ScramError::InvalidProof));
+    let keys = ScramKeys::from_password("pencil", b"salt", 4096);
+    assert_eq!(format!("{keys:?}"), "ScramKeys(<redacted>)");
+}
+
+#[test]
+fn the_salt_of_a_server_first_message_gives_the_keys_of_the_password() {
+    let (salt, iterations) = server_first_salt(RFC_SERVER_FIRST.as_bytes()).unwrap();
+    assert_eq!(
+        (BASE64.encode(&salt).as_str(), iterations),
+        (RFC_SALT, 4096)
+    );
+    let keys = ScramKeys::from_password("pencil", &salt, iterations);
+    let mut client = ScramClient::with_keys(keys, b"unused");
+    client.client_nonce = RFC_CLIENT_NONCE.to_owned();
+    client.client_first_bare = "n=user,r=rOprNGfwEbeRWgbNEkqO".to_owned();
+    let client_final = client.server_first(RFC_SERVER_FIRST.as_bytes()).unwrap();
+    assert_eq!(client_final, RFC_CLIENT_FINAL.as_bytes());
+    client.server_final(RFC_SERVER_FINAL.as_bytes()).unwrap();
+    assert!(server_first_salt(b"r=abc,s=!!,i=1").is_err());
+    assert!(server_first_salt(b"r=abc,s=c2FsdA==,i=0").is_err());
+}
