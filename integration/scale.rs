@@ -1,6 +1,8 @@
 //! Thousands of tenants on one cluster: every one of 2,000 tenants logs in and runs a
-//! query through a budget of 50 server connections, without an error, and sluice's
-//! memory per tenant stays small.
+//! query through a budget of 50 server connections, without an error; sluice's memory
+//! per tenant stays small, and idle tenants cost it next to no CPU.
+
+use std::time::Duration;
 
 use crate::common::scalar;
 use crate::harness::{connect, Postgres, Sluice, SluiceConfig, Tenant};
@@ -9,6 +11,21 @@ const TENANTS: usize = 2_000;
 const BUDGET: u32 = 50;
 /// Clients logging in at once.
 const CONCURRENCY: usize = 100;
+
+/// CPU time (user + system) a process has used, from `/proc/PID/stat`.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
+    // Fields after the command name, which is in parentheses: utime and stime are the
+    // 12th and 13th, in clock ticks (100 per second on Linux).
+    let after_name = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<u64> = after_name
+        .split(' ')
+        .skip(11)
+        .take(2)
+        .map(|f| f.parse().expect("ticks"))
+        .collect();
+    Duration::from_millis((fields[0] + fields[1]) * 10)
+}
 
 /// Resident memory of a process, from `/proc/PID/status`.
 fn resident_kib(pid: u32) -> u64 {
@@ -27,7 +44,13 @@ async fn two_thousand_tenants_log_in_through_a_budget_of_fifty() {
     let tenants = pg.create_tenant_group("scale", TENANTS);
     let mut config = SluiceConfig::new(pg).max_server_connections(BUDGET);
     for tenant in &tenants {
-        config = config.tenant(Tenant::new(tenant).auth_type("md5"));
+        // A short idle timeout: pool maintenance runs every second, so the idle
+        // measurement below includes its rounds over all tenants.
+        config = config.tenant(
+            Tenant::new(tenant)
+                .auth_type("md5")
+                .line("server_idle_timeout = \"2s\""),
+        );
     }
     let baseline_kib = {
         let one = Sluice::start(&SluiceConfig::new(pg).tenant(Tenant::new(&tenants[0])));
@@ -74,6 +97,20 @@ async fn two_thousand_tenants_log_in_through_a_budget_of_fifty() {
         "{TENANTS} tenants: RSS {baseline_kib} KiB with one tenant, {started_kib} KiB with all \
          configured ({configured} bytes per tenant), {after_kib} KiB after each logged in \
          once ({active} more bytes per tenant); logins and first queries took {logins_took:?}"
+    );
+    // Idle: the clients are gone, the server connections close after 2 s, and the one
+    // maintenance task goes over all tenants every second.
+    const IDLE: Duration = Duration::from_secs(4);
+    let cpu_before = cpu_time(sluice.pid());
+    tokio::time::sleep(IDLE).await;
+    let idle_cpu = cpu_time(sluice.pid()) - cpu_before;
+    println!(
+        "{TENANTS} idle tenants: {idle_cpu:?} of CPU in {IDLE:?} ({:.1} µs per tenant per second)",
+        idle_cpu.as_secs_f64() * 1e6 / TENANTS as f64 / IDLE.as_secs_f64()
+    );
+    assert!(
+        idle_cpu < IDLE / 20,
+        "{idle_cpu:?} of CPU in {IDLE:?} with {TENANTS} idle tenants"
     );
     assert!(
         configured < 8 * 1024,

@@ -252,7 +252,9 @@ impl Pool {
                         return self.open(slot, deadline).await;
                     }
                 }
-                () = tokio::time::sleep(RETRY_MAKE_ROOM) => self.retry_make_room(waiting.id),
+                () = tokio::time::sleep(RETRY_MAKE_ROOM), if self.queued.load(Relaxed) => {
+                    self.retry_make_room(waiting.id);
+                }
                 () = tokio::time::sleep_until(deadline.into()) => return Err(CheckoutError::Timeout),
             }
         }
