@@ -298,7 +298,10 @@ impl<'a> Relay<'a> {
                 if self.tenant.retired.is_draining() {
                     return Err(SessionError::TenantRemoved);
                 }
-                if !self.tenant.is_session_mode() {
+                // A short message still arriving (read whole, see `translate`) keeps the
+                // connection while the rest is read: released, it would be leased again at
+                // once, over and over, without the client being read.
+                if !self.tenant.is_session_mode() && self.to_server.need_whole == 0 {
                     self.release();
                     continue;
                 }
