@@ -234,7 +234,9 @@ impl Pool {
         let reserve = self.limits.reserve_size > 0;
         let mut reserve_at = reserve.then(|| Instant::now() + self.limits.reserve_timeout);
         loop {
+            // Biased: a grant first, so a connection handed over is never lost to a timer.
             tokio::select! {
+                biased;
                 granted = &mut waiting.grant => {
                     return match granted {
                         Ok(Grant::Conn(conn)) => Ok(self.lease(conn)),
@@ -337,9 +339,19 @@ impl Pool {
         }
     }
 
+    /// Opens a new connection in `slot`: see [`Pool::open_now`]. Boxed, because opening is
+    /// rare and its login state would otherwise make every session's future larger.
+    async fn open(self: &Arc<Self>, slot: Slot, deadline: Instant) -> Result<Lease, CheckoutError> {
+        Box::pin(self.open_now(slot, deadline)).await
+    }
+
     /// Opens a new connection in `slot`, paced to the cluster's connect rate, within
     /// the client's `deadline` for the pacing and `server_connect_timeout` for the login.
-    async fn open(self: &Arc<Self>, slot: Slot, deadline: Instant) -> Result<Lease, CheckoutError> {
+    async fn open_now(
+        self: &Arc<Self>,
+        slot: Slot,
+        deadline: Instant,
+    ) -> Result<Lease, CheckoutError> {
         let Shared {
             cluster,
             stats,
