@@ -15,7 +15,7 @@
 //! both.
 
 use crate::cluster::{Cluster, Disconnect};
-use crate::pool::{Pool, PoolState};
+use crate::pool::{OldestIdle, Pool, PoolState, YIELD_AFTER};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -288,16 +288,19 @@ impl Budget {
     }
 
     /// Closes the longest-idle connection of another tenant, so that its place goes to
-    /// the queue; `requester` (queued) has `requester_open` places. A tenant at or
-    /// under its fair share loses a connection to one over its share only after
-    /// [`EVICTION_GRACE`] of idleness. Returns whether a connection was closed.
+    /// the queue; `requester` (queued) has `requester_open` places. A tenant under its
+    /// fair share may take any idle connection. One at or over its share may take a
+    /// connection idle for [`EVICTION_GRACE`], or one of a tenant over its share that has
+    /// had it for [`YIELD_AFTER`] (as long as a tenant keeps a new connection before it
+    /// yields it on return). Returns whether a connection was closed.
     pub(crate) fn make_room(&self, requester: &Arc<Pool>, requester_open: usize) -> bool {
         let requester_over = self.over_fair_share(requester_open + 1);
         let now = Instant::now();
-        self.evict_longest_idle(Some(requester.id), |since, open| {
+        self.evict_longest_idle(Some(requester.id), |victim| {
             !requester_over
-                || self.over_fair_share(open)
-                || now.duration_since(since) >= EVICTION_GRACE
+                || now.duration_since(victim.since) >= EVICTION_GRACE
+                || (self.over_fair_share(victim.open)
+                    && now.duration_since(victim.opened_at) >= YIELD_AFTER)
         })
     }
 
@@ -305,18 +308,18 @@ impl Budget {
     /// the budget has (after it shrank on reload).
     fn shed_excess(&self) {
         while self.used() > self.max.load(Relaxed) {
-            if !self.evict_longest_idle(None, |_, _| true) {
+            if !self.evict_longest_idle(None, |_| true) {
                 return;
             }
         }
     }
 
     /// Closes the longest-idle connection among the pools other than `except` for
-    /// which `allowed(idle since, places the pool holds)`; returns whether it did.
+    /// which `allowed`; returns whether it did.
     fn evict_longest_idle(
         &self,
         except: Option<u64>,
-        allowed: impl Fn(Instant, usize) -> bool,
+        allowed: impl Fn(&OldestIdle) -> bool,
     ) -> bool {
         let holders: Vec<Arc<Pool>> = {
             let budget = self.lock();
@@ -330,8 +333,8 @@ impl Budget {
         let victim = holders
             .into_iter()
             .filter_map(|pool| {
-                let (since, open) = pool.oldest_idle()?;
-                allowed(since, open).then_some((since, pool))
+                let oldest = pool.oldest_idle()?;
+                allowed(&oldest).then_some((oldest.since, pool))
             })
             .min_by_key(|(since, _)| *since);
         let Some((since, pool)) = victim else {

@@ -110,6 +110,14 @@ enum Ready {
     Wait(u64, oneshot::Receiver<Grant>),
 }
 
+/// A pool's longest-idle connection, as eviction weighs it.
+pub(crate) struct OldestIdle {
+    pub since: Instant,
+    pub opened_at: Instant,
+    /// Places the pool holds.
+    pub open: usize,
+}
+
 /// Counts of a pool's connections, for the console and metrics.
 pub struct Status {
     /// Connections open or being opened.
@@ -393,9 +401,9 @@ impl Pool {
     /// Takes back a leased connection: to the first waiter, else idle; or closes it
     /// when it must not be reused, the tenant is retired, the budget shrank below what
     /// is open, or another tenant is waiting
-    /// for a place and this one holds more than its fair share and has no client
-    /// waiting or has had this connection for [`YIELD_AFTER`]. A tenant within its
-    /// share keeps the connection even idle; a queued tenant may evict it (see
+    /// for a place and this one holds more than its fair share and has had this
+    /// connection for [`YIELD_AFTER`]. Until then the connection stays with the tenant,
+    /// idle if no client of it waits, where a queued tenant may evict it (see
     /// `Budget::make_room`).
     fn give_back(self: &Arc<Self>, conn: ServerConn) {
         let metrics = &self.shared.cluster.metrics;
@@ -418,7 +426,7 @@ impl Pool {
         let others_queued = budget.queued() > usize::from(self.queued.load(Relaxed));
         if others_queued
             && budget.over_fair_share(state.open)
-            && (state.waiters.is_empty() || conn.opened_at.elapsed() >= YIELD_AFTER)
+            && conn.opened_at.elapsed() >= YIELD_AFTER
         {
             drop(state);
             metrics.disconnected(Disconnect::Yielded);
@@ -511,10 +519,15 @@ impl Pool {
         }
     }
 
-    /// When this pool's longest-idle connection went idle, and how many places it holds.
-    pub(crate) fn oldest_idle(&self) -> Option<(Instant, usize)> {
+    /// This pool's longest-idle connection: when it went idle and when it was opened;
+    /// and how many places the pool holds.
+    pub(crate) fn oldest_idle(&self) -> Option<OldestIdle> {
         let state = self.lock();
-        state.idle.front().map(|idle| (idle.since, state.open))
+        state.idle.front().map(|idle| OldestIdle {
+            since: idle.since,
+            opened_at: idle.conn.opened_at,
+            open: state.open,
+        })
     }
 
     /// Removes the longest-idle connection if it is still the one idle since `since`.
