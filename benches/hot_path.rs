@@ -1,13 +1,19 @@
-//! Micro-benchmarks of the per-message work on sluice's hot path, on the public pieces of
-//! `sluice-protocol`: framing a batch of typical messages in each direction (header checks
-//! plus the copy a forward costs), the ReadyForQuery status scan of a server's answer, and the
-//! Bind rewrite of the prepared-statement path (parse + re-encode under sluice's name).
+//! Micro-benchmarks of the per-message work on sluice's hot path: framing a batch of typical
+//! messages in each direction (header checks plus the copy a forward costs), the
+//! ReadyForQuery status scan of a server's answer, the Bind rewrite of the prepared-statement
+//! path (parse + re-encode under sluice's name), and the prepared-statement lookup of a Bind
+//! (the client's name to the statement, then whether the server connection has it).
 //!
-//! The prepared-statement lookup itself lives in the `sluice` binary crate (`src/statements.rs`)
-//! and cannot be reached from here; see benches/README.md.
+//! The lookup lives in the `sluice` binary crate, which a bench cannot link against; its
+//! module has no dependency on the rest of the crate, so it is compiled in here from its file.
 //!
 //! `cargo bench --bench hot_path` measures; under `cargo test --all-targets` criterion runs
 //! each benchmark once as a test (it does so whenever `--bench` is not passed).
+
+// The bench uses only the lookup; the module's own unit tests are not built here.
+#[allow(dead_code, unused_imports)]
+#[path = "../src/statements.rs"]
+mod statements;
 
 use bytes::{BufMut, BytesMut};
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
@@ -195,5 +201,48 @@ fn bind_rewrite(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, framing, ready_for_query, bind_rewrite);
+/// A Bind of one of a client's 50 prepared statements: find the statement by the client's
+/// name, then check (and mark used) that the server connection has it prepared, as the
+/// relay does before rewriting the Bind. Half the server's statements are another client's.
+fn statement_lookup(c: &mut Criterion) {
+    use statements::{ClientStatements, Confirm, ResponseFilter, ServerStatements};
+    let mut client = ClientStatements::new(1);
+    let mut server = ServerStatements::new();
+    let mut filter = ResponseFilter::default();
+    let names: Vec<Vec<u8>> = (0..50).map(|i| format!("P_{i}").into_bytes()).collect();
+    for (i, name) in names.iter().enumerate() {
+        let rest = format!("SELECT abalance FROM pgbench_accounts WHERE aid = $1 -- {i}\0\0\0");
+        let statement = client.prepare(name, rest.as_bytes());
+        let other = statements::Statement::new(format!("SELECT {i}\0\0\0").as_bytes());
+        for server_name in [statement.server_name.clone(), other.server_name.clone()] {
+            filter.parse_sent(
+                true,
+                Confirm::Prepared {
+                    server_name,
+                    client: None,
+                },
+            );
+            filter.parse_complete(&mut server);
+        }
+    }
+    let mut group = c.benchmark_group("statement_lookup");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("bind_of_a_prepared_statement", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % names.len();
+            let statement = client.get(black_box(&names[i])).expect("prepared");
+            black_box(server.touch(&statement.server_name))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    framing,
+    ready_for_query,
+    bind_rewrite,
+    statement_lookup
+);
 criterion_main!(benches);
