@@ -192,7 +192,7 @@ impl DynamicTenants {
             return Ok(Found::UnknownRole(self.defaults.auth_type));
         };
         let tenant = Arc::new(tenant);
-        tenants.insert(
+        let replaced = tenants.insert(
             key,
             Entry {
                 tenant: tenant.clone(),
@@ -201,6 +201,12 @@ impl DynamicTenants {
                 idle_timeout: destination.route.idle_timeout,
             },
         );
+        drop(tenants);
+        if let Some(old) = replaced {
+            // Its clients finish on it; its connections close as they come back, so the
+            // budget goes to the new one.
+            old.tenant.pool.retire();
+        }
         Ok(Found::Tenant(tenant))
     }
 
