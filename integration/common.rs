@@ -420,17 +420,19 @@ pub fn sample_server_connections(
 
 /// A counter or gauge of `/metrics` for cluster `main` (0 when absent).
 pub fn cluster_metric(sluice: &Sluice, name: &str) -> f64 {
-    let body = http_get(sluice.metrics_addr(), "/metrics").body;
-    let prefix = format!("{name}{{cluster=\"main\"}} ");
-    body.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .map_or(0.0, |value| value.parse().expect("a number"))
+    series_value(sluice, &format!("{name}{{cluster=\"main\"}}"))
 }
 
+/// `sluice_server_disconnects_total` of cluster `main` for `reason`.
 pub fn disconnects(sluice: &Sluice, reason: &str) -> f64 {
+    let series = format!("sluice_server_disconnects_total{{cluster=\"main\",reason=\"{reason}\"}}");
+    series_value(sluice, &series)
+}
+
+/// The value of one series (name and labels exactly as exported) of `/metrics`, 0 when absent.
+fn series_value(sluice: &Sluice, series: &str) -> f64 {
     let body = http_get(sluice.metrics_addr(), "/metrics").body;
-    let prefix =
-        format!("sluice_server_disconnects_total{{cluster=\"main\",reason=\"{reason}\"}} ");
+    let prefix = format!("{series} ");
     body.lines()
         .find_map(|line| line.strip_prefix(&prefix))
         .map_or(0.0, |value| value.parse().expect("a number"))

@@ -35,6 +35,7 @@ pub struct Budget {
     /// Places taken: connections open or being opened. Changed only under the lock,
     /// read without it.
     open: AtomicUsize,
+    /// `max_server_connections`; changed only under the lock, read without it.
     max: AtomicUsize,
     /// Nanoseconds between two connection openings; 0: no pacing.
     connect_interval_nanos: AtomicU64,
@@ -43,7 +44,6 @@ pub struct Budget {
 }
 
 struct State {
-    max: usize,
     /// Tenants waiting for a place, each at most once (`Pool::queued`).
     queue: VecDeque<Arc<Pool>>,
     /// Tenants holding at least one place, by pool id: where eviction looks.
@@ -106,7 +106,6 @@ impl Budget {
         let max = max as usize;
         Budget {
             state: Mutex::new(State {
-                max,
                 queue: VecDeque::new(),
                 holders: HashMap::new(),
             }),
@@ -130,12 +129,16 @@ impl Budget {
         self.connect_interval_nanos
             .store(interval_nanos(max_connects_per_second), Relaxed);
         {
-            let mut state = self.lock();
-            state.max = max as usize;
+            let _budget = self.lock();
             self.max.store(max as usize, Relaxed);
         }
         self.shed_excess();
         self.hand_out(cluster);
+    }
+
+    /// `max_server_connections` now.
+    pub fn max(&self) -> usize {
+        self.max.load(Relaxed)
     }
 
     /// Places in use: connections open or being opened.
@@ -168,20 +171,31 @@ impl Budget {
         state: &mut PoolState,
     ) -> Option<Slot> {
         let mut budget = self.lock();
-        if self.open.load(Relaxed) < budget.max && budget.queue.is_empty() {
+        if self.has_free_place(&budget) {
             self.open.fetch_add(1, Relaxed);
             Some(self.count(&mut budget, cluster, pool, state))
         } else {
             state.asked += 1;
-            if !pool.queued.swap(true, Relaxed) {
-                if !budget.holders.contains_key(&pool.id) {
-                    self.demand.fetch_add(1, Relaxed);
-                }
-                budget.queue.push_back(pool.clone());
-                self.queued.store(budget.queue.len(), Relaxed);
-            }
+            self.enqueue(&mut budget, pool);
             None
         }
+    }
+
+    /// True when a place is free and no tenant is queued for one.
+    fn has_free_place(&self, budget: &State) -> bool {
+        self.open.load(Relaxed) < self.max.load(Relaxed) && budget.queue.is_empty()
+    }
+
+    /// Puts `pool` at the back of the queue unless it is queued already.
+    fn enqueue(&self, budget: &mut State, pool: &Arc<Pool>) {
+        if pool.queued.swap(true, Relaxed) {
+            return;
+        }
+        if !budget.holders.contains_key(&pool.id) {
+            self.demand.fetch_add(1, Relaxed);
+        }
+        budget.queue.push_back(pool.clone());
+        self.queued.store(budget.queue.len(), Relaxed);
     }
 
     /// A free place for `pool` when no tenant is queued, else `None` (used to keep
@@ -193,7 +207,7 @@ impl Budget {
         state: &mut PoolState,
     ) -> Option<Slot> {
         let mut budget = self.lock();
-        (self.open.load(Relaxed) < budget.max && budget.queue.is_empty()).then(|| {
+        (self.has_free_place(&budget)).then(|| {
             self.open.fetch_add(1, Relaxed);
             self.count(&mut budget, cluster, pool, state)
         })
@@ -255,7 +269,7 @@ impl Budget {
                     slot.cluster = None;
                     self.open.fetch_sub(1, Relaxed);
                 }
-                if self.open.load(Relaxed) >= budget.max {
+                if self.open.load(Relaxed) >= self.max.load(Relaxed) {
                     return;
                 }
                 let Some(pool) = budget.queue.pop_front() else {
@@ -272,14 +286,7 @@ impl Budget {
             match pool.accept(Slot::new(cluster)) {
                 Ok(wants_more) => {
                     if wants_more {
-                        let mut budget = self.lock();
-                        if !pool.queued.swap(true, Relaxed) {
-                            if !budget.holders.contains_key(&pool.id) {
-                                self.demand.fetch_add(1, Relaxed);
-                            }
-                            budget.queue.push_back(pool);
-                            self.queued.store(budget.queue.len(), Relaxed);
-                        }
+                        self.enqueue(&mut self.lock(), &pool);
                     }
                 }
                 Err(slot) => unused = Some(slot),

@@ -7,7 +7,7 @@ use crate::config;
 use crate::tls::{ServerTls, TlsError};
 use arc_swap::ArcSwapOption;
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// Why a server connection was closed, the `reason` label of disconnect counts.
@@ -74,7 +74,6 @@ pub struct Cluster {
     pub tls: ArcSwapOption<ServerTls>,
     pub host: String,
     pub port: u16,
-    pub max_server_connections: AtomicU32,
     pub budget: Budget,
     pub metrics: ClusterMetrics,
     reachable: AtomicBool,
@@ -126,7 +125,6 @@ impl Cluster {
             tls: ArcSwapOption::new(tls),
             host: config.host.clone(),
             port: config.port,
-            max_server_connections: AtomicU32::new(config.max_server_connections),
             budget: Budget::new(
                 config.max_server_connections,
                 config.max_connects_per_second,
@@ -151,7 +149,6 @@ impl Cluster {
     /// as connections close) and `max_connects_per_second`.
     pub fn resize(self: &Arc<Self>, config: &config::Cluster) {
         let max = config.max_server_connections;
-        self.max_server_connections.store(max, Ordering::Relaxed);
         self.budget
             .reconfigure(self, max, config.max_connects_per_second);
         gauge!("sluice_cluster_max_server_connections", "cluster" => self.name.clone())

@@ -453,27 +453,25 @@ impl Pool {
     pub(crate) fn accept(self: &Arc<Self>, mut slot: Slot) -> Result<bool, Slot> {
         let mut state = self.lock();
         state.asked = state.asked.saturating_sub(1);
-        while let Some(waiter) = state.waiters.pop_front() {
-            state.open += 1;
-            if state.open == 1 {
-                self.shared.cluster.budget.add_holder(self);
-            }
-            slot.counted_in(self);
-            match waiter.grant.send(Grant::Place(slot)) {
-                Ok(()) => {
-                    state.asked = state.asked.min(state.waiters.len());
-                    return Ok(state.asked > 0);
-                }
-                Err(Grant::Place(mut back)) => {
-                    back.uncounted();
-                    self.uncount(&mut state);
-                    slot = back;
-                }
-                Err(Grant::Conn(_)) => unreachable!("sent a place"),
+        if state.waiters.is_empty() {
+            state.asked = 0;
+            return Err(slot);
+        }
+        state.open += 1;
+        if state.open == 1 {
+            self.shared.cluster.budget.add_holder(self);
+        }
+        slot.counted_in(self);
+        match Self::grant_place(&mut state, slot) {
+            None => Ok(state.asked > 0),
+            Some(mut unsent) => {
+                // Every waiter had gone: the place goes back uncounted.
+                unsent.uncounted();
+                self.uncount(&mut state);
+                state.asked = 0;
+                Err(unsent)
             }
         }
-        state.asked = 0;
-        Err(slot)
     }
 
     /// A place of this pool was given back (its connection closed). Clients still
@@ -572,20 +570,11 @@ impl Pool {
     /// The tenant was removed: closes its idle connections now and the rest as they
     /// come back.
     pub fn retire(&self) {
-        let idle = {
-            let mut state = self.lock();
-            state.retired = true;
-            std::mem::take(&mut state.idle)
-        };
-        for _ in &idle {
-            self.shared
-                .cluster
-                .metrics
-                .disconnected(Disconnect::Removed);
-        }
+        self.lock().retired = true;
+        self.close_idle();
     }
 
-    /// Closes every idle connection (admin `KILL`).
+    /// Closes every idle connection (admin `KILL`, a removed tenant).
     pub fn close_idle(&self) {
         let idle = std::mem::take(&mut self.lock().idle);
         for _ in &idle {

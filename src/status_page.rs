@@ -45,7 +45,7 @@ pub fn render(shared: &Shared) -> String {
             escape(&cluster.host),
             cluster.port,
             cluster.used(),
-            cluster.max_server_connections.load(Relaxed),
+            cluster.budget.max(),
             if reachable { "" } else { " class=\"down\"" },
             if reachable { "yes" } else { "no" },
         );
