@@ -4,16 +4,24 @@
 //! path (parse + re-encode under sluice's name), and the prepared-statement lookup of a Bind
 //! (the client's name to the statement, then whether the server connection has it).
 //!
-//! The lookup lives in the `sluice` binary crate, which a bench cannot link against; its
-//! module has no dependency on the rest of the crate, so it is compiled in here from its file.
+//! The lookup lives in the `sluice` binary crate, which a bench cannot link against; its two
+//! modules (the client's side and the server connection's) depend on nothing else in the
+//! crate, so they are compiled in here from their files.
 //!
 //! `cargo bench --bench hot_path` measures; under `cargo test --all-targets` criterion runs
 //! each benchmark once as a test (it does so whenever `--bench` is not passed).
 
-// The bench uses only the lookup; the module's own unit tests are not built here.
+// The bench uses only the lookup; the modules' own unit tests are not built here.
+#[allow(dead_code)]
+#[path = "../src/server/statements.rs"]
+pub mod server_statements;
 #[allow(dead_code, unused_imports)]
-#[path = "../src/statements.rs"]
+#[path = "../src/session/statements.rs"]
 mod statements;
+/// The path the client's side uses for the server's (`crate::server::statements`).
+mod server {
+    pub use super::server_statements as statements;
+}
 
 use bytes::{BufMut, BytesMut};
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
@@ -205,7 +213,8 @@ fn bind_rewrite(c: &mut Criterion) {
 /// name, then check (and mark used) that the server connection has it prepared, as the
 /// relay does before rewriting the Bind. Half the server's statements are another client's.
 fn statement_lookup(c: &mut Criterion) {
-    use statements::{ClientStatements, Confirm, ResponseFilter, ServerStatements};
+    use server::statements::ServerStatements;
+    use statements::{ClientStatements, Confirm, ResponseFilter};
     let mut client = ClientStatements::new(1);
     let mut server = ServerStatements::new();
     let mut filter = ResponseFilter::default();

@@ -13,17 +13,16 @@
 //!
 //! See <https://www.postgresql.org/docs/current/protocol-flow.html#PROTOCOL-FLOW-CANCELING-REQUESTS>.
 
+use crate::locks::lock;
+use crate::server::cancel::cancel_query;
 use crate::stats::{ClientInfo, ClientState};
-use bytes::BytesMut;
-use sluice_protocol::startup::{encode_cancel_request, CancelKey};
+use sluice_protocol::startup::CancelKey;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use subtle::ConstantTimeEq;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 use tracing::{debug, info};
@@ -75,11 +74,6 @@ impl Drop for CancelHandle {
     fn drop(&mut self) {
         lock(&self.registry.clients).remove(&self.key.pid);
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // The critical sections only assign fields, so a poisoned lock still holds valid data.
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl CancelRegistry {
@@ -190,7 +184,7 @@ impl CancelTarget {
         let Some((addr, server_key)) = server else {
             return;
         };
-        match tokio::time::timeout(FORWARD_TIMEOUT, forward(addr, server_key)).await {
+        match tokio::time::timeout(FORWARD_TIMEOUT, cancel_query(addr, server_key)).await {
             Ok(Ok(())) => debug!(server = %addr, "cancel request forwarded"),
             Ok(Err(e)) => info!(server = %addr, error = %e, "forwarding a cancel request failed"),
             Err(_) => info!(server = %addr, "forwarding a cancel request timed out"),
@@ -260,15 +254,4 @@ impl CancelTarget {
             done.await;
         }
     }
-}
-
-/// Sends a CancelRequest to a server and waits until the server has taken it.
-async fn forward(addr: SocketAddr, key: CancelKey) -> std::io::Result<()> {
-    let mut stream = TcpStream::connect(addr).await?;
-    let mut out = BytesMut::with_capacity(16);
-    encode_cancel_request(&mut out, key);
-    stream.write_all(&out).await?;
-    let mut sink = [0u8; 64];
-    while stream.read(&mut sink).await? > 0 {}
-    Ok(())
 }

@@ -1,38 +1,45 @@
 //! sluice: a PostgreSQL connection-pooling proxy with tenant isolation.
 //!
 //! `main` only wires things together: command line, configuration, logging, the tokio
-//! runtime, the listener and signal handling.
+//! runtime, the listener, the background tasks and signal handling. The modules, from the
+//! bottom up (each uses only those before it; README "Layout" says why):
+//! `config`, `locks`, `random`, `lifecycle`, `tls`, `net`, `stats` (leaves); `server` (one
+//! server connection); `pool` (a tenant's pool, the cluster and its budget, maintenance);
+//! `tenant` (tenants, their registry, dynamic tenants and `auth_query`); `cancel` (the
+//! client registry and cancel requests); `client` (what every client connection goes
+//! through); `shared` (process-wide state and reload); `session` (a tenant client's
+//! session and its relay), `admin` (the console), `observe` (HTTP: metrics, status page);
+//! `listener` (accept and dispatch).
+
+#![cfg_attr(not(test), forbid(unsafe_code))]
+// Test builds count allocations with a global allocator, the one place that needs unsafe.
+#![cfg_attr(test, deny(unsafe_code))]
 
 mod admin;
 #[cfg(test)]
 mod alloc_count;
-mod auth_query;
-mod budget;
 mod cancel;
-mod cluster;
+mod client;
 mod config;
-mod dynamic;
-mod http;
+mod lifecycle;
 mod listener;
-mod params;
+mod locks;
+mod net;
+mod observe;
 mod pool;
-mod prometheus;
 mod random;
 mod server;
 mod session;
 mod shared;
-mod statements;
 mod stats;
-mod status_page;
-mod stream;
 mod tenant;
 mod tls;
-mod wire;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use config::Config;
-use listener::Shutdown;
+use lifecycle::Shutdown;
+use observe::{http, prometheus};
 use shared::Shared;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -133,7 +140,15 @@ async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         "sluice started"
     );
-    tokio::spawn(tenant::maintain_pools(shared.clone()));
+    let maintained = shared.clone();
+    let every = shared
+        .tenants
+        .load()
+        .maintenance_interval(&shared.config.load());
+    tokio::spawn(pool::maintenance::run(
+        move || maintained.tenants.load_full(),
+        every,
+    ));
     tokio::spawn(prometheus::upkeep(shared.clone()));
     tokio::spawn(http::serve(metrics_listener, shared.clone()));
     tokio::spawn(reload_on_sighup(shared.clone()));

@@ -1,19 +1,23 @@
 //! Process-wide state every task shares: the live configuration and tenants (swapped
 //! whole on reload, so a session keeps the tenant it logged in with), the registry of
-//! connected clients, the pause and drain switches, and the metrics handle.
+//! connected clients, the pause and drain switches, and the metrics handle; and applying a
+//! reloaded configuration to all of it.
+//!
+//! Above the tenants and below everything that serves clients (sessions, the console, the
+//! HTTP endpoint): nothing it uses may use it.
 
 use crate::cancel::CancelRegistry;
 use crate::config::Config;
-use crate::params::RecentSets;
-use crate::tenant::{Tenant, Tenants};
+use crate::lifecycle::{Drain, Pause};
+use crate::server::parameters::RecentSets;
+use crate::tenant::Tenants;
 use crate::tls::{ClientTls, TlsError};
 use arc_swap::ArcSwap;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::SystemTime;
-use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 use tracing::info;
 
@@ -105,77 +109,4 @@ pub enum ReloadError {
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Tls(#[from] TlsError),
-}
-
-/// `PAUSE`/`RESUME`: while paused (everything, or one tenant), clients keep their
-/// connections but new transactions wait for a server connection until resumed.
-#[derive(Default)]
-pub struct Pause {
-    pub global: AtomicBool,
-    resumed: Notify,
-}
-
-impl Pause {
-    pub fn is_paused(&self, tenant: &Tenant) -> bool {
-        self.global.load(Relaxed) || tenant.paused.load(Relaxed)
-    }
-
-    /// Waits until neither everything nor `tenant` is paused. Cancel-safe.
-    pub async fn wait_resumed(&self, tenant: &Tenant) {
-        // Every checkout passes here: not paused, it takes no lock on the shared `Notify`.
-        if !self.is_paused(tenant) {
-            return;
-        }
-        loop {
-            let resumed = self.resumed.notified();
-            tokio::pin!(resumed);
-            resumed.as_mut().enable();
-            if !self.is_paused(tenant) {
-                return;
-            }
-            resumed.await;
-        }
-    }
-
-    pub fn resume_waiters(&self) {
-        self.resumed.notify_waiters();
-    }
-}
-
-/// Shutdown: once draining, sessions end (with 57P01) as soon as they hold no
-/// transaction; those still inside one finish it first.
-#[derive(Default)]
-pub struct Drain {
-    draining: AtomicBool,
-    started: Notify,
-}
-
-impl Drain {
-    pub fn start(&self) {
-        self.draining.store(true, Relaxed);
-        self.started.notify_waiters();
-    }
-
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Relaxed)
-    }
-
-    /// A wake-up for `is_draining` turning true; it must be registered (polled) before
-    /// the flag is read, or a start in between goes unnoticed.
-    pub fn notified(&self) -> Notified<'_> {
-        self.started.notified()
-    }
-
-    /// Resolves once draining has started. Cancel-safe.
-    pub async fn started(&self) {
-        loop {
-            let started = self.started.notified();
-            tokio::pin!(started);
-            started.as_mut().enable();
-            if self.is_draining() {
-                return;
-            }
-            started.await;
-        }
-    }
 }

@@ -5,10 +5,11 @@
 //!
 //! Updates on the hot path are relaxed atomic adds on the session's own tenant.
 
+use crate::locks::lock;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicU8, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 /// Counters and gauges of one tenant.
@@ -188,8 +189,8 @@ impl Drop for ServerEntry {
 }
 
 impl ServerRegistry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<ServerInfo>>> {
-        self.servers.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Arc<ServerInfo>>> {
+        lock(&self.servers)
     }
 
     pub fn register(self: &Arc<Self>, addr: SocketAddr, pid: i32) -> ServerEntry {

@@ -7,11 +7,10 @@
 mod command;
 mod show;
 
-use crate::session::SessionError;
+use crate::client::{negotiate_version, prove, SessionError};
+use crate::net::{flush, read_message, Stream};
 use crate::shared::Shared;
-use crate::stream::Stream;
 use crate::tenant::ClientAuth;
-use crate::wire::{flush, read_message};
 use bytes::BytesMut;
 use command::{Command, CommandError};
 use sluice_protocol::backend;
@@ -37,16 +36,14 @@ pub async fn login(
     shared: &Shared,
 ) -> Result<(), SessionError> {
     let mut out = BytesMut::with_capacity(256);
-    crate::session::negotiate_version(startup, &mut out);
+    negotiate_version(startup, &mut out);
     let user = startup.user();
     let config = shared.config.load();
     let Some(admin) = config.admins.iter().find(|a| a.user == user) else {
         return Err(SessionError::NotAnAdmin(user.to_owned()));
     };
     let auth = ClientAuth::for_secret(&admin.password, user, config.defaults.auth_type);
-    crate::session::prove(stream, buf, &mut out, &auth, user)
-        .await
-        .map(drop)
+    prove(stream, buf, &mut out, &auth, user).await.map(drop)
 }
 
 /// Runs the console for a logged-in admin until it leaves.
@@ -81,7 +78,9 @@ pub async fn serve(
         .map_err(SessionError::ClientIo)?;
     loop {
         let (tag, body) = tokio::select! {
-            message = read_message(stream, &mut buf, MAX_COMMAND_LEN) => message?,
+            message = read_message(stream, &mut buf, MAX_COMMAND_LEN) => {
+                message.map_err(SessionError::client_read)?
+            }
             () = shared.drain.started() => return Err(SessionError::ShuttingDown),
         };
         match tag {

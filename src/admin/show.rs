@@ -402,7 +402,7 @@ fn databases(shared: &Shared, tenants: &[Arc<Tenant>]) -> Table {
     for tenant in tenants {
         let s = &tenant.settings;
         let cluster = &tenant.cluster;
-        let paused = shared.pause.is_paused(tenant);
+        let paused = shared.pause.is_paused(&tenant.paused);
         table.row(vec![
             s.database.clone(),
             cluster.host.clone(),

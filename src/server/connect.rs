@@ -7,15 +7,14 @@
 //! pass-through), or credentials learned from clients at login and replaced by later
 //! logins ([`LearnedCredentials`]).
 
+use super::parameters::{Parameters, ServerParameters};
+use super::statements::ServerStatements;
 use super::{ServerConn, SERVER_READ_CHUNK};
-use crate::budget::Slot;
 use crate::config::ServerTlsMode;
-use crate::params::{Parameters, ServerParameters};
-use crate::statements::ServerStatements;
+use crate::locks::lock;
+use crate::net::{flush, read_message, ReadError, Stream};
 use crate::stats::ServerRegistry;
-use crate::stream::Stream;
 use crate::tls::ServerTls;
-use crate::wire::{flush, read_message, ReadError};
 use arc_swap::ArcSwapOption;
 use bytes::BytesMut;
 use sluice_protocol::backend::{self, AuthRequest};
@@ -89,7 +88,7 @@ impl ServerPassword {
     /// The SCRAM keys of this password under `salt` and `iterations`, derived only when
     /// they differ from the last ones.
     fn scram_keys(&self, salt: &[u8], iterations: u32) -> ScramKeys {
-        let cached = self.derived.lock().expect("derived keys lock");
+        let cached = lock(&self.derived);
         if let Some(derived) = cached
             .as_ref()
             .filter(|d| d.salt == salt && d.iterations == iterations)
@@ -99,7 +98,7 @@ impl ServerPassword {
         drop(cached);
         // Derived outside the lock: PBKDF2 takes milliseconds.
         let keys = ScramKeys::from_password(&self.text, salt, iterations);
-        *self.derived.lock().expect("derived keys lock") = Some(DerivedKeys {
+        *lock(&self.derived) = Some(DerivedKeys {
             salt: salt.to_vec(),
             iterations,
             keys: keys.clone(),
@@ -186,19 +185,15 @@ pub enum ConnectError {
     UnsupportedAuth(String),
     #[error("server login failed: {0}")]
     Protocol(String),
+    #[error("server login failed: {0}")]
+    Read(#[from] ReadError),
     #[error("TLS to the server failed: {0}")]
     Tls(String),
 }
 
-impl From<ReadError> for ConnectError {
-    fn from(e: ReadError) -> Self {
-        ConnectError::Protocol(e.to_string())
-    }
-}
-
 impl From<std::io::Error> for ConnectError {
     fn from(e: std::io::Error) -> Self {
-        ConnectError::Protocol(e.to_string())
+        ConnectError::Read(e.into())
     }
 }
 
@@ -206,10 +201,9 @@ impl From<std::io::Error> for ConnectError {
 pub async fn connect(
     target: &ServerTarget,
     tls: Option<Arc<ServerTls>>,
-    slot: Slot,
     registry: &Arc<ServerRegistry>,
 ) -> Result<ServerConn, ConnectError> {
-    let opened = login(target, tls, slot, registry);
+    let opened = login(target, tls, registry);
     match tokio::time::timeout(target.connect_timeout, opened).await {
         Ok(result) => result,
         Err(_) => Err(ConnectError::Timeout(format!("{target:?}"))),
@@ -219,7 +213,6 @@ pub async fn connect(
 async fn login(
     target: &ServerTarget,
     tls: Option<Arc<ServerTls>>,
-    slot: Slot,
     registry: &Arc<ServerRegistry>,
 ) -> Result<ServerConn, ConnectError> {
     let tcp = TcpStream::connect((target.host.as_str(), target.port))
@@ -278,7 +271,6 @@ async fn login(
         params: ServerParameters::new(parameters),
         statements: ServerStatements::new(),
         opened_at: Instant::now(),
-        _slot: slot,
     })
 }
 

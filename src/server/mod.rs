@@ -1,25 +1,28 @@
-//! Server connections: one authenticated TCP connection to PostgreSQL, logged in as a
-//! tenant's own role, owned by that tenant's pool.
+//! Server connections: one authenticated connection to PostgreSQL, logged in as a tenant's
+//! own role: opening it (`connect`), what its session holds (`parameters`, `statements`),
+//! cancelling its query (`cancel`) and making it clean again after a client left it busy
+//! (`reset`).
 //!
-//! A `ServerConn` carries the place it took in its cluster's connection budget, so
-//! every way of dropping it (idle timeout, eviction, broken connection, shutdown) gives
-//! the place back.
+//! Depends on nothing above it: it knows neither pools nor budgets (the pool pairs each
+//! connection with its budget place) nor the clients that use it.
 
+pub mod cancel;
 mod connect;
+pub mod parameters;
 mod reset;
+pub mod statements;
 
 pub use connect::{
     connect, ConnectError, LearnedCredentials, ServerCredentials, ServerPassword, ServerTarget,
 };
 pub use reset::{reset, InFlight};
 
-use crate::budget::Slot;
-use crate::params::ServerParameters;
-use crate::statements::ServerStatements;
+use crate::net::Stream;
 use crate::stats::ServerEntry;
-use crate::stream::Stream;
 use bytes::BytesMut;
+use parameters::ServerParameters;
 use sluice_protocol::startup::CancelKey;
+use statements::ServerStatements;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -43,7 +46,6 @@ pub struct ServerConn {
     pub statements: ServerStatements,
     /// When the login completed, for `server_lifetime`.
     pub opened_at: Instant,
-    _slot: Slot,
 }
 
 impl ServerConn {

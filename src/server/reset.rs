@@ -5,17 +5,16 @@
 //! reports an idle transaction status; otherwise the caller closes it. PostgreSQL then
 //! rolls back whatever was open, so a failed reset never leaks state either.
 
+use super::cancel::cancel_query;
 use super::ServerConn;
-use crate::wire::flush;
+use crate::net::flush;
 use bytes::{Buf, BytesMut};
 use sluice_protocol::backend::parse_parameter_status;
 use sluice_protocol::extended::encode_target;
 use sluice_protocol::frame::{backend_header, HEADER_LEN};
 use sluice_protocol::frontend;
-use sluice_protocol::startup::encode_cancel_request;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncReadExt;
 
 /// A portal that never exists: describing it fails the abandoned batch.
 const ABANDONED_PORTAL: &[u8] = b"sluice: client disconnected";
@@ -91,7 +90,7 @@ async fn reset_steps(
     let mut status = in_flight.status;
     if in_flight.pending_ready > 0 {
         if !in_flight.copy_in {
-            cancel_running_query(conn).await?;
+            cancel_query(conn.addr, conn.cancel_key).await?;
         }
         status = drain(conn, in_flight.pending_ready).await?;
     }
@@ -112,18 +111,6 @@ async fn reset_steps(
     } else {
         Err(ResetError::NotIdle(status))
     }
-}
-
-/// Sends a CancelRequest for whatever `conn` is running and waits until the server has
-/// taken it (it closes the cancel connection), so the signal cannot land on a later query.
-async fn cancel_running_query(conn: &ServerConn) -> Result<(), ResetError> {
-    let mut cancel = TcpStream::connect(conn.addr).await?;
-    let mut out = BytesMut::new();
-    encode_cancel_request(&mut out, conn.cancel_key);
-    cancel.write_all(&out).await?;
-    let mut sink = [0u8; 64];
-    while cancel.read(&mut sink).await? > 0 {}
-    Ok(())
 }
 
 /// Discards server output until `pending` ReadyForQuery messages have arrived; returns

@@ -2,8 +2,6 @@
 //! without a plaintext password logs in with (SCRAM keys, md5 hash, learned at login).
 
 use super::*;
-use crate::cluster::Cluster;
-use crate::config;
 use sluice_protocol::frame::split_message;
 use sluice_protocol::md5::md5_password_hash;
 use sluice_protocol::scram::{ScramSecret, ScramServer};
@@ -18,27 +16,6 @@ const PASSWORD: &str = "correct horse";
 enum Demand {
     Md5 { stored: String },
     Scram(ScramSecret),
-}
-
-fn cluster(port: u16) -> Arc<Cluster> {
-    let settings = config::Cluster {
-        host: "127.0.0.1".into(),
-        port,
-        max_server_connections: 2,
-        max_connects_per_second: 0,
-        tls: config::ServerTlsMode::Disable,
-        tls_ca_file: None,
-        auth_user: None,
-        auth_password: None,
-        auth_query: config::DEFAULT_AUTH_QUERY.into(),
-        auth_databases: None,
-        auth_cache_ttl: Duration::from_secs(30),
-        auth_cache_size: 10,
-        dynamic_tenant_idle_timeout: Duration::from_secs(60),
-        read_only_suffix: None,
-        read_only_cluster: None,
-    };
-    Cluster::new("scripted", &settings).unwrap()
 }
 
 /// The next message, or `None` when the client hung up.
@@ -110,19 +87,18 @@ async fn log_in(
     credentials: ServerCredentials,
 ) -> (Result<(), ConnectError>, bool) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let cluster = cluster(listener.local_addr().unwrap().port());
+    let port = listener.local_addr().unwrap().port();
     let server = tokio::spawn(scripted_server(listener, demand));
     let target = ServerTarget {
         host: "127.0.0.1".into(),
-        port: cluster.port,
+        port,
         database: "db".into(),
         user: USER.into(),
         credentials,
         connect_timeout: Duration::from_secs(5),
     };
-    let permit = crate::budget::Slot::taken(&cluster);
     let registry = Arc::new(ServerRegistry::default());
-    let connected = connect(&target, None, permit, &registry).await.map(drop);
+    let connected = connect(&target, None, &registry).await.map(drop);
     (connected, server.await.unwrap())
 }
 

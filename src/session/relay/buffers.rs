@@ -3,8 +3,8 @@
 //! their way to the client, and one poll that drives reads and writes on both.
 
 use super::CLIENT_READ_CHUNK;
+use crate::net::Stream;
 use crate::server::ServerConn;
-use crate::stream::Stream;
 use bytes::{Buf, BytesMut};
 use std::cell::RefCell;
 use std::future::Future;

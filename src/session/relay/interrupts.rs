@@ -9,7 +9,7 @@
 
 use super::SessionError;
 use crate::cancel::CancelTarget;
-use crate::shared::Drain;
+use crate::lifecycle::Drain;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};

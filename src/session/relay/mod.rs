@@ -29,19 +29,18 @@ use buffers::{
 use interrupts::Interrupts;
 use translate::Resetting;
 
+use super::statements::{ClientStatements, ResponseFilter};
 use super::timeouts::{Deadline, Timeouts};
-use super::SessionError;
 use crate::cancel::CancelTarget;
-use crate::cluster::Disconnect;
-use crate::params::Parameters;
+use crate::client::{report_error, SessionError};
+use crate::lifecycle::{Drain, Pause};
+use crate::net::{read_message, ReadError, Stream};
+use crate::pool::cluster::Disconnect;
 use crate::pool::Lease;
+use crate::server::parameters::Parameters;
 use crate::server::{self, InFlight, ServerConn};
-use crate::shared::{Drain, Pause};
-use crate::statements::{ClientStatements, ResponseFilter};
 use crate::stats::{add_micros, ClientState};
-use crate::stream::Stream;
 use crate::tenant::Tenant;
-use crate::wire::{read_message, ReadError};
 use bytes::{Buf, Bytes, BytesMut};
 use sluice_protocol::backend;
 use sluice_protocol::frame::{frontend_header, Header, HEADER_LEN};
@@ -212,7 +211,7 @@ impl<'a> Relay<'a> {
         }
         if let Err(e) = &result {
             if client_at_boundary {
-                super::report_error(self.client, e).await;
+                report_error(self.client, e).await;
             }
         }
         result
@@ -509,7 +508,7 @@ impl<'a> Relay<'a> {
     ) -> Result<Lease, SessionError> {
         let tenant = self.tenant;
         let cancel = self.cancel;
-        let resumed = self.pause.wait_resumed(tenant);
+        let resumed = self.pause.wait_resumed(&tenant.paused);
         tokio::pin!(resumed);
         let checkout = async {
             resumed.await;
@@ -574,15 +573,7 @@ impl<'a> Relay<'a> {
             None => Ok(()),
             Some((code, message)) => {
                 // What the server now has is unknown: close it rather than reuse it.
-                if let Some(server) = self.server.take() {
-                    self.lease_ended(&server);
-                    self.cancel.detach();
-                    self.tenant
-                        .cluster
-                        .metrics
-                        .disconnected(Disconnect::ResetFailed);
-                    server.close();
-                }
+                self.close_server(Disconnect::ResetFailed);
                 Err(SessionError::ParameterRejected { code, message })
             }
         }
@@ -590,14 +581,21 @@ impl<'a> Relay<'a> {
 
     /// The server connection failed: it is closed rather than returned to the pool.
     fn server_lost(&mut self, why: &str) -> SessionError {
-        if let Some(server) = self.server.take() {
+        if let Some(server) = &self.server {
             warn!(server = %server.addr, reason = why, "server connection lost");
+        }
+        self.close_server(Disconnect::Broken);
+        SessionError::ServerLost(why.to_owned())
+    }
+
+    /// Ends the lease and closes the server connection instead of returning it.
+    fn close_server(&mut self, reason: Disconnect) {
+        if let Some(server) = self.server.take() {
             self.lease_ended(&server);
             self.cancel.detach();
-            self.tenant.cluster.metrics.disconnected(Disconnect::Broken);
+            self.tenant.cluster.metrics.disconnected(reason);
             server.close();
         }
-        SessionError::ServerLost(why.to_owned())
     }
 }
 

@@ -6,7 +6,7 @@
 
 use crate::alloc_count;
 use crate::config::Config;
-use crate::session;
+use crate::listener;
 use crate::shared::Shared;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use sluice_protocol::md5::{md5_client_response, md5_password_hash};
@@ -60,7 +60,8 @@ fn steady_state_relay_allocates_nothing_per_message() {
         let (done, mut done_rx) = tokio::sync::mpsc::channel(1);
         let client = thread::spawn(move || run_client(proxy, &go_rx, &done));
         let (tcp, peer) = listener.accept().await.unwrap();
-        let session = tokio::spawn(async move { session::serve(tcp, peer, 1, &shared).await });
+        let session =
+            tokio::spawn(async move { listener::connection(tcp, peer, 1, &shared).await });
 
         done_rx.recv().await.expect("client warmed up");
         // Nothing else runs on this thread until the next await, so the window holds

@@ -4,9 +4,9 @@
 //! messages dropped.
 
 use super::{Relay, MAX_INSPECTED_QUERY, READY_FOR_QUERY_LEN};
+use crate::client::SessionError;
 use crate::server::ServerConn;
-use crate::session::SessionError;
-use crate::statements::{self, Confirm, Plan};
+use crate::session::statements::{self, Confirm, Plan};
 use crate::stats::add_micros;
 use bytes::{Buf, Bytes};
 use sluice_protocol::backend;

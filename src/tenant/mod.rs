@@ -1,29 +1,35 @@
 //! Tenants: what a client logs in as, the pair (database, user). Each tenant owns its
 //! pool of server connections, opened as its own role, so a server connection of one
-//! tenant is never handed to another. Lookup is two hash probes with borrowed keys for
-//! configured tenants, then one in the dynamic registry (`dynamic.rs`, tenants made at
-//! login from `auth_query`); configured tenants take precedence.
+//! tenant is never handed to another. The registry of every tenant is `registry`; tenants
+//! made at login from `auth_query` are `dynamic`, and their password lookups `auth_query`.
 //!
 //! A tenant whose server password sluice does not know (its password is a SCRAM verifier
 //! or md5 hash, or it was looked up) logs in to the server with what its clients proved:
 //! the SCRAM keys recovered from a client's proof, or the md5 hash it was checked
 //! against ([`LearnedCredentials`], refreshed by every login).
+//!
+//! Depends on pools and servers below it; knows nothing of sessions, the console or the
+//! process-wide state above it.
 
-use crate::cluster::Cluster;
-use crate::config::{AuthType, Config, PasswordKind, PoolMode, Secret, TenantSettings};
-use crate::dynamic::{DynamicTenants, Found};
-use crate::params::Parameters;
+pub mod auth_query;
+pub mod dynamic;
+mod registry;
+
+pub use registry::{ResolveError, Resolved, Tenants, Unknown};
+
+use crate::config::{AuthType, PasswordKind, PoolMode, Secret, TenantSettings};
+use crate::lifecycle::Drain;
+use crate::pool::cluster::Cluster;
+use crate::pool::maintenance::{Maintained, Upkeep};
 use crate::pool::{self, Pool};
+use crate::server::parameters::Parameters;
 use crate::server::{LearnedCredentials, ServerCredentials, ServerPassword, ServerTarget};
-use crate::shared::Drain;
 use crate::stats::{ServerRegistry, TenantStats};
-use crate::tls::TlsError;
 use sluice_protocol::md5::md5_password_hash;
 use sluice_protocol::scram::{ScramError, ScramSecret};
-use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 /// Iterations for SCRAM verifiers sluice derives from plaintext passwords (PostgreSQL's default).
 const SCRAM_ITERATIONS: u32 = 4096;
@@ -158,7 +164,7 @@ impl Tenant {
 
     /// "database/user", how logs and client-facing errors name a tenant.
     pub fn name(&self) -> String {
-        format!("{}/{}", self.settings.database, self.settings.user)
+        self.to_string()
     }
 
     pub fn parameters(&self) -> Option<&Arc<Parameters>> {
@@ -224,196 +230,22 @@ impl ClientAuth {
     }
 }
 
-/// Why a (database, user) pair did not resolve to a tenant.
-#[derive(Debug)]
-pub enum Unknown {
-    Database,
-    User,
-}
-
-/// What a login's (database, user) resolved to.
-pub enum Resolved {
-    Tenant(Arc<Tenant>),
-    /// A database of dynamic tenants whose `auth_query` knows no such role: refused like
-    /// a wrong password, after a decoy exchange of this type.
-    UnknownRole(AuthType),
-}
-
-/// Why a login's (database, user) did not resolve.
-#[derive(Debug, thiserror::Error)]
-pub enum ResolveError {
-    #[error("unknown tenant")]
-    Unknown(Unknown),
-    #[error(transparent)]
-    Lookup(#[from] crate::auth_query::LookupError),
-}
-
-/// Every configured tenant, by database and then user, the dynamic ones, and the
-/// clusters they use.
-pub struct Tenants {
-    by_database: HashMap<String, HashMap<String, Arc<Tenant>>>,
-    pub clusters: BTreeMap<String, Arc<Cluster>>,
-    pub dynamic: DynamicTenants,
-}
-
-impl Tenants {
-    /// Builds the registry for `config`. Clusters and tenants of `previous` whose
-    /// settings did not change are kept as they are, with their pools, connections and
-    /// statistics; a changed budget is applied to the kept cluster.
-    pub fn build(config: &Config, previous: Option<&Tenants>) -> Result<Self, TlsError> {
-        let mut clusters = BTreeMap::new();
-        for (name, settings) in &config.clusters {
-            let kept = previous
-                .and_then(|p| p.clusters.get(name))
-                .filter(|c| c.is_same_endpoint(settings));
-            let cluster = match kept {
-                Some(cluster) => {
-                    cluster.reload_tls(settings)?;
-                    cluster.resize(settings);
-                    cluster.clone()
-                }
-                None => Cluster::new(name, settings)?,
-            };
-            clusters.insert(name.clone(), cluster);
-        }
-        let mut by_database: HashMap<String, HashMap<String, Arc<Tenant>>> = HashMap::new();
-        let routes = config.tenants.iter().flat_map(|tenant| {
-            let primary = tenant.effective(&config.defaults);
-            std::iter::once(primary).chain(tenant.read_only_route(&config.defaults))
-        });
-        for settings in routes {
-            let cluster = clusters[&settings.cluster].clone();
-            let kept = previous
-                .and_then(|p| p.configured(&settings.database, &settings.user))
-                .filter(|t| t.settings == settings && Arc::ptr_eq(&t.cluster, &cluster));
-            let tenant = match kept {
-                Some(tenant) => tenant.clone(),
-                None => Arc::new(Tenant::new(settings, cluster)),
-            };
-            by_database
-                .entry(tenant.settings.database.clone())
-                .or_default()
-                .insert(tenant.settings.user.clone(), tenant);
-        }
-        let is_configured = |database: &str, user: &str| {
-            by_database
-                .get(database)
-                .is_some_and(|users| users.contains_key(user))
-        };
-        let dynamic = DynamicTenants::build(
-            config,
-            &clusters,
-            previous.map(|p| &p.dynamic),
-            is_configured,
-        );
-        Ok(Tenants {
-            by_database,
-            clusters,
-            dynamic,
-        })
-    }
-
-    /// Every tenant, configured and dynamic (a snapshot of the dynamic ones).
-    pub fn iter(&self) -> impl Iterator<Item = Arc<Tenant>> + '_ {
-        self.by_database
-            .values()
-            .flat_map(|users| users.values().cloned())
-            .chain(self.dynamic.snapshot())
-    }
-
-    fn configured(&self, database: &str, user: &str) -> Option<&Arc<Tenant>> {
-        self.by_database.get(database)?.get(user)
-    }
-
-    /// The tenant (configured, or dynamic and already made) for (database, user),
-    /// without running `auth_query`.
-    pub fn lookup(&self, database: &str, user: &str) -> Result<Arc<Tenant>, Unknown> {
-        if let Some(tenant) = self.configured(database, user) {
-            return Ok(tenant.clone());
-        }
-        if let Some(tenant) = self.dynamic.get(database, user) {
-            return Ok(tenant);
-        }
-        match self.by_database.contains_key(database) || self.dynamic.serves(database) {
-            true => Err(Unknown::User),
-            false => Err(Unknown::Database),
-        }
-    }
-
-    /// The tenant a login as `user` to `database` reaches: a configured one, else a
-    /// dynamic one checked against what `auth_query` returns (cached) now.
-    pub async fn resolve(&self, database: &str, user: &str) -> Result<Resolved, ResolveError> {
-        if let Some(tenant) = self.configured(database, user) {
-            return Ok(Resolved::Tenant(tenant.clone()));
-        }
-        if !self.dynamic.serves(database) {
-            return Err(ResolveError::Unknown(
-                match self.by_database.contains_key(database) {
-                    true => Unknown::User,
-                    false => Unknown::Database,
-                },
-            ));
-        }
-        Ok(match self.dynamic.login(database, user).await? {
-            Found::Tenant(tenant) => Resolved::Tenant(tenant),
-            Found::UnknownRole(auth_type) => Resolved::UnknownRole(auth_type),
-        })
+impl fmt::Display for Tenant {
+    /// "database/user", how logs name a tenant.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.settings.database, self.settings.user)
     }
 }
 
-/// Longest pause between two rounds of pool maintenance.
-const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(10);
+impl Maintained for Tenant {
+    fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
 
-/// Pool maintenance for every tenant, in one task: closes idle server connections past
-/// `server_idle_timeout` or `server_lifetime`, and tops pools up to `min_pool_size`.
-/// Runs every 10 s, or more often when a timeout is shorter, so it expires on time
-/// to within half of it.
-pub async fn maintain_pools(shared: Arc<crate::shared::Shared>) {
-    let defaults = shared.config.load().defaults.clone();
-    let tenants = shared.tenants.load_full();
-    let shortest = tenants
-        .iter()
-        .flat_map(|t| [t.settings.server_idle_timeout, t.settings.server_lifetime])
-        .chain(
-            tenants
-                .dynamic
-                .shortest_idle_timeout()
-                .map(|idle| {
-                    [
-                        defaults.server_idle_timeout,
-                        idle,
-                        crate::auth_query::AUTH_CONNECTION_IDLE,
-                    ]
-                })
-                .into_iter()
-                .flatten(),
-        )
-        .filter(|d| !d.is_zero())
-        .min()
-        .map_or(MAINTENANCE_INTERVAL, |d| {
-            (d / 2).max(Duration::from_millis(100))
-        });
-    let mut ticks = tokio::time::interval(shortest.min(MAINTENANCE_INTERVAL));
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticks.tick().await;
-        let tenants = shared.tenants.load_full();
-        for tenant in tenants.iter() {
-            let settings = &tenant.settings;
-            let closed = tenant.pool.close_expired(settings.server_idle_timeout);
-            if closed > 0 {
-                tracing::debug!(tenant = %tenant.name(), closed, "closed expired idle server connections");
-            }
-            let min = settings.min_pool_size as usize;
-            if min > 0 {
-                if let Err(e) = tenant.pool.warm(min).await {
-                    tracing::warn!(tenant = %tenant.name(), error = %e, "could not open min_pool_size connections");
-                }
-            }
-        }
-        let dropped = tenants.dynamic.drop_idle();
-        if dropped > 0 {
-            tracing::debug!(dropped, "dropped idle dynamic tenants");
+    fn upkeep(&self) -> Upkeep {
+        Upkeep {
+            idle_timeout: self.settings.server_idle_timeout,
+            min_size: self.settings.min_pool_size as usize,
         }
     }
 }

@@ -1,32 +1,36 @@
-//! A tenant's pool of server connections, all logged in as the tenant's role.
+//! Pools of server connections: a tenant's pool (this file), the cluster it draws from and
+//! the cluster's connection budget (`cluster`, `budget`), and the one task that looks after
+//! every pool (`maintenance`).
 //!
-//! Idle connections are reused last-in first-out, so hot connections stay hot and cold
-//! ones age out through `server_idle_timeout`. A client that finds none idle waits in a
-//! FIFO queue; a returned connection goes straight to the first waiter. Below
-//! `pool_size` the pool asks its cluster's [`Budget`](crate::budget::Budget) for a place
-//! to open one more; after `reserve_pool_timeout` a waiter may ask for one of
-//! `reserve_pool_size` extra places. Reuse does no I/O: it only checks that the idle
-//! socket is still open and silent.
+//! A tenant's pool holds connections all logged in as the tenant's role. Idle connections
+//! are reused last-in first-out, so hot connections stay hot and cold ones age out through
+//! `server_idle_timeout`. A client that finds none idle waits in a FIFO queue; a returned
+//! connection goes straight to the first waiter. Below `pool_size` the pool claims a place
+//! in its cluster's [`Budget`] to open one more; after `reserve_pool_timeout` a waiter may
+//! claim one of `reserve_pool_size` extra places. Reuse does no I/O: it only checks that
+//! the idle connection is still open and silent.
+//!
+//! The pool pairs every connection with its budget place (`Pooled`), so `server/` knows
+//! nothing of budgets. It depends on `server/` and below, never on tenants or sessions.
 //!
 //! Cancel safety: `checkout` may be dropped at any await; a connection or place handed
 //! to a waiter that has gone is returned to the pool or the budget.
 
-use crate::budget::Slot;
-use crate::cluster::{Cluster, Disconnect};
+pub mod budget;
+pub mod cluster;
+pub mod maintenance;
+
+use crate::locks::lock;
 use crate::server::{connect, ConnectError, ServerConn, ServerTarget};
 use crate::stats::{ServerRegistry, TenantStats};
+use budget::{Budget, Claimant, Membership, OldestIdle, Slot, WhenFull, YIELD_AFTER};
+use cluster::{Cluster, Disconnect};
 use std::collections::VecDeque;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
-
-/// How long a tenant over its fair share keeps a new connection for its own clients
-/// while other tenants wait: long enough to amortise opening it over many short
-/// transactions, short enough that a waiting tenant gets its turn within a few
-/// transactions' time.
-pub const YIELD_AFTER: Duration = Duration::from_millis(100);
 
 /// How often the first waiter of a pool queued for the budget looks again for an idle
 /// connection of another tenant to close.
@@ -39,6 +43,8 @@ pub enum CheckoutError {
     Timeout,
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    #[error("{0}")]
+    Internal(&'static str),
 }
 
 /// A pool's size limits and connection lifetime.
@@ -60,9 +66,8 @@ pub struct Shared {
 }
 
 pub struct Pool {
-    pub(crate) id: u64,
-    /// In its cluster's budget queue; changed only under the budget's lock.
-    pub(crate) queued: AtomicBool,
+    /// This pool in its cluster's budget.
+    membership: Membership,
     target: ServerTarget,
     shared: Shared,
     limits: Limits,
@@ -70,13 +75,13 @@ pub struct Pool {
 }
 
 /// The mutable part of a pool, behind its lock.
-pub(crate) struct PoolState {
+struct PoolState {
     /// Most recently returned last.
     idle: VecDeque<Idle>,
     /// Budget places this pool holds: connections open, being opened or leased.
-    pub(crate) open: usize,
+    open: usize,
     /// Places asked of the budget and not granted yet.
-    pub(crate) asked: usize,
+    asked: usize,
     waiters: VecDeque<Waiter>,
     next_waiter: u64,
     /// Set when the tenant is removed: returned connections are closed, not kept.
@@ -84,8 +89,39 @@ pub(crate) struct PoolState {
 }
 
 struct Idle {
-    conn: ServerConn,
+    conn: Pooled,
     since: Instant,
+}
+
+/// A server connection with the budget place it holds, as the pool keeps it: dropping it
+/// closes the connection and gives the place back.
+struct Pooled {
+    conn: ServerConn,
+    _place: Place,
+}
+
+/// A budget place counted in a pool's `open`. Dropping it uncounts it there (clients still
+/// waiting may need another place), then frees it in the budget.
+struct Place {
+    slot: Slot,
+    /// Dangling once uncounted.
+    pool: Weak<Pool>,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.upgrade() {
+            pool.place_freed();
+        }
+    }
+}
+
+impl Place {
+    /// The slot, no longer counted in the pool (the caller has uncounted it).
+    fn uncounted(mut self) -> Slot {
+        self.pool = Weak::new();
+        std::mem::replace(&mut self.slot, Slot::none())
+    }
 }
 
 struct Waiter {
@@ -98,24 +134,16 @@ struct Waiter {
 /// allocation per hand-off.
 #[allow(clippy::large_enum_variant)]
 enum Grant {
-    Conn(ServerConn),
-    Place(Slot),
+    Conn(Pooled),
+    Place(Place),
 }
 
 /// The outcome of a checkout that does not wait.
 #[allow(clippy::large_enum_variant)]
 enum Ready {
-    Idle(ServerConn),
-    Place(Slot),
+    Idle(Pooled),
+    Place(Place),
     Wait(u64, oneshot::Receiver<Grant>),
-}
-
-/// A pool's longest-idle connection, as eviction weighs it.
-pub(crate) struct OldestIdle {
-    pub since: Instant,
-    pub opened_at: Instant,
-    /// Places the pool holds.
-    pub open: usize,
 }
 
 /// Counts of a pool's connections, for the console and metrics.
@@ -130,20 +158,20 @@ pub struct Status {
 
 /// A leased server connection; dropping it returns the connection to its pool.
 pub struct Lease {
-    conn: Option<ServerConn>,
+    conn: Option<Pooled>,
     pool: Arc<Pool>,
 }
 
 impl Deref for Lease {
     type Target = ServerConn;
     fn deref(&self) -> &ServerConn {
-        self.conn.as_ref().expect("present until dropped")
+        &self.conn.as_ref().expect("present until dropped").conn
     }
 }
 
 impl DerefMut for Lease {
     fn deref_mut(&mut self) -> &mut ServerConn {
-        self.conn.as_mut().expect("present until dropped")
+        &mut self.conn.as_mut().expect("present until dropped").conn
     }
 }
 
@@ -180,19 +208,16 @@ impl Drop for Waiting<'_> {
         self.grant.close();
         match self.grant.try_recv() {
             Ok(Grant::Conn(conn)) => self.pool.give_back(conn),
-            Ok(Grant::Place(slot)) => drop(slot),
+            Ok(Grant::Place(place)) => drop(place),
             Err(_) => {}
         }
     }
 }
 
-static NEXT_POOL_ID: AtomicU64 = AtomicU64::new(1);
-
 impl Pool {
     pub fn new(target: ServerTarget, shared: Shared, limits: Limits) -> Arc<Self> {
         Arc::new(Pool {
-            id: NEXT_POOL_ID.fetch_add(1, Relaxed),
-            queued: AtomicBool::new(false),
+            membership: Membership::default(),
             target,
             shared,
             limits,
@@ -208,11 +233,36 @@ impl Pool {
     }
 
     fn lock(&self) -> MutexGuard<'_, PoolState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.state)
     }
 
-    pub fn cluster(&self) -> &Arc<Cluster> {
-        &self.shared.cluster
+    fn budget(&self) -> &Arc<Budget> {
+        &self.shared.cluster.budget
+    }
+
+    /// Claims a place in the budget for this pool and counts it (or, queued, counts it as
+    /// asked). Called with the pool's lock held (`state`).
+    fn claim(self: &Arc<Self>, state: &mut PoolState, when_full: WhenFull) -> Option<Place> {
+        match self.budget().claim(self, state.open == 0, when_full) {
+            Some(slot) => {
+                state.open += 1;
+                Some(self.place(slot))
+            }
+            None => {
+                if when_full == WhenFull::Queue {
+                    state.asked += 1;
+                }
+                None
+            }
+        }
+    }
+
+    /// `slot`, counted in this pool's `open`.
+    fn place(self: &Arc<Self>, slot: Slot) -> Place {
+        Place {
+            slot,
+            pool: Arc::downgrade(self),
+        }
     }
 
     pub fn status(&self) -> Status {
@@ -231,7 +281,7 @@ impl Pool {
         let deadline = Instant::now() + wait;
         let (id, grant) = match self.take_or_wait() {
             Ready::Idle(conn) => return Ok(self.lease(conn)),
-            Ready::Place(slot) => return self.open(slot, deadline).await,
+            Ready::Place(place) => return self.open(place, deadline).await,
             Ready::Wait(id, grant) => (id, grant),
         };
         let mut waiting = Waiting {
@@ -248,21 +298,23 @@ impl Pool {
                 granted = &mut waiting.grant => {
                     return match granted {
                         Ok(Grant::Conn(conn)) => Ok(self.lease(conn)),
-                        Ok(Grant::Place(slot)) => {
+                        Ok(Grant::Place(place)) => {
                             drop(waiting);
-                            self.open(slot, deadline).await
+                            self.open(place, deadline).await
                         }
-                        Err(_) => unreachable!("a waiter's sender is only dropped after sending"),
+                        // Senders are only dropped after sending; should that ever break,
+                        // the client gets an error, not a hang.
+                        Err(_) => Err(CheckoutError::Internal("the pool dropped a waiter")),
                     };
                 }
                 () = sleep_until_some(reserve_at) => {
                     reserve_at = None;
-                    if let Some(slot) = self.take_reserve_place(waiting.id) {
+                    if let Some(place) = self.take_reserve_place(waiting.id) {
                         drop(waiting);
-                        return self.open(slot, deadline).await;
+                        return self.open(place, deadline).await;
                     }
                 }
-                () = tokio::time::sleep(RETRY_MAKE_ROOM), if self.queued.load(Relaxed) => {
+                () = tokio::time::sleep(RETRY_MAKE_ROOM), if self.membership.is_queued() => {
                     self.retry_make_room(waiting.id);
                 }
                 () = tokio::time::sleep_until(deadline.into()) => return Err(CheckoutError::Timeout),
@@ -272,12 +324,11 @@ impl Pool {
 
     /// An idle connection, a place to open a new one, or a place in the queue.
     fn take_or_wait(self: &Arc<Self>) -> Ready {
-        let budget = &self.shared.cluster.budget;
         loop {
             let mut state = self.lock();
             if let Some(idle) = state.idle.pop_back() {
                 drop(state);
-                match self.unusable(&idle.conn) {
+                match self.unusable(&idle.conn.conn) {
                     None => return Ready::Idle(idle.conn),
                     Some(reason) => {
                         self.shared.cluster.metrics.disconnected(reason);
@@ -288,8 +339,8 @@ impl Pool {
             }
             let mut queued = false;
             if state.open + state.asked < self.limits.size {
-                match budget.take_or_queue(&self.shared.cluster, self, &mut state) {
-                    Some(slot) => return Ready::Place(slot),
+                match self.claim(&mut state, WhenFull::Queue) {
+                    Some(place) => return Ready::Place(place),
                     None => queued = true,
                 }
             }
@@ -300,7 +351,7 @@ impl Pool {
             let open = state.open;
             drop(state);
             if queued {
-                budget.make_room(self, open);
+                self.budget().make_room(&self.membership, open);
             }
             return Ready::Wait(id, receiver);
         }
@@ -313,51 +364,54 @@ impl Pool {
         let open = {
             let state = self.lock();
             let first = state.waiters.front().is_some_and(|w| w.id == id);
-            if !first || !self.queued.load(Relaxed) {
+            if !first || !self.membership.is_queued() {
                 return;
             }
             state.open
         };
-        self.shared.cluster.budget.make_room(self, open);
+        self.budget().make_room(&self.membership, open);
     }
 
     /// A place beyond `pool_size` (up to the reserve) for the waiter `id`, taken now
     /// if the budget has one free; otherwise the pool asks and the waiter stays queued.
-    fn take_reserve_place(self: &Arc<Self>, id: u64) -> Option<Slot> {
-        let budget = &self.shared.cluster.budget;
+    fn take_reserve_place(self: &Arc<Self>, id: u64) -> Option<Place> {
         let mut state = self.lock();
         if !state.waiters.iter().any(|w| w.id == id)
             || state.open + state.asked >= self.limits.size + self.limits.reserve_size
         {
             return None;
         }
-        let slot = budget.take_or_queue(&self.shared.cluster, self, &mut state);
+        let place = self.claim(&mut state, WhenFull::Queue);
         let open = state.open;
         drop(state);
-        if slot.is_none() {
-            budget.make_room(self, open);
+        if place.is_none() {
+            self.budget().make_room(&self.membership, open);
         }
-        slot
+        place
     }
 
-    fn lease(self: &Arc<Self>, conn: ServerConn) -> Lease {
+    fn lease(self: &Arc<Self>, conn: Pooled) -> Lease {
         Lease {
             conn: Some(conn),
             pool: self.clone(),
         }
     }
 
-    /// Opens a new connection in `slot`: see [`Pool::open_now`]. Boxed, because opening is
+    /// Opens a new connection in `place`: see [`Pool::open_now`]. Boxed, because opening is
     /// rare and its login state would otherwise make every session's future larger.
-    async fn open(self: &Arc<Self>, slot: Slot, deadline: Instant) -> Result<Lease, CheckoutError> {
-        Box::pin(self.open_now(slot, deadline)).await
+    async fn open(
+        self: &Arc<Self>,
+        place: Place,
+        deadline: Instant,
+    ) -> Result<Lease, CheckoutError> {
+        Box::pin(self.open_now(place, deadline)).await
     }
 
-    /// Opens a new connection in `slot`, paced to the cluster's connect rate, within
+    /// Opens a new connection in `place`, paced to the cluster's connect rate, within
     /// the client's `deadline` for the pacing and `server_connect_timeout` for the login.
     async fn open_now(
         self: &Arc<Self>,
-        slot: Slot,
+        place: Place,
         deadline: Instant,
     ) -> Result<Lease, CheckoutError> {
         let Shared {
@@ -367,8 +421,12 @@ impl Pool {
         } = &self.shared;
         let connecting = Connecting::start(&stats.servers_connecting);
         let opened = match tokio::time::timeout_at(deadline.into(), cluster.budget.pace()).await {
-            Ok(()) => connect(&self.target, cluster.tls.load_full(), slot, servers)
+            Ok(()) => connect(&self.target, cluster.tls.load_full(), servers)
                 .await
+                .map(|conn| Pooled {
+                    conn,
+                    _place: place,
+                })
                 .map_err(CheckoutError::Connect),
             Err(_) => Err(CheckoutError::Timeout),
         };
@@ -405,13 +463,13 @@ impl Pool {
     /// connection for [`YIELD_AFTER`]. Until then the connection stays with the tenant,
     /// idle if no client of it waits, where a queued tenant may evict it (see
     /// `Budget::make_room`).
-    fn give_back(self: &Arc<Self>, conn: ServerConn) {
+    fn give_back(self: &Arc<Self>, conn: Pooled) {
         let metrics = &self.shared.cluster.metrics;
-        if let Some(reason) = self.unusable(&conn) {
+        if let Some(reason) = self.unusable(&conn.conn) {
             metrics.disconnected(reason);
             return;
         }
-        let budget = &self.shared.cluster.budget;
+        let budget = self.budget();
         let mut state = self.lock();
         if state.retired && state.waiters.is_empty() {
             drop(state);
@@ -423,10 +481,10 @@ impl Pool {
             metrics.disconnected(Disconnect::Yielded);
             return;
         }
-        let others_queued = budget.queued() > usize::from(self.queued.load(Relaxed));
+        let others_queued = budget.queued() > usize::from(self.membership.is_queued());
         if others_queued
             && budget.over_fair_share(state.open)
-            && conn.opened_at.elapsed() >= YIELD_AFTER
+            && conn.conn.opened_at.elapsed() >= YIELD_AFTER
         {
             drop(state);
             metrics.disconnected(Disconnect::Yielded);
@@ -447,46 +505,17 @@ impl Pool {
         });
     }
 
-    /// Takes a place the budget handed out: counts it and gives it to the first
-    /// waiter. Returns whether the pool still asks for more, or the place unused
-    /// (uncounted) when no one waits.
-    pub(crate) fn accept(self: &Arc<Self>, mut slot: Slot) -> Result<bool, Slot> {
-        let mut state = self.lock();
-        state.asked = state.asked.saturating_sub(1);
-        if state.waiters.is_empty() {
-            state.asked = 0;
-            return Err(slot);
-        }
-        state.open += 1;
-        if state.open == 1 {
-            self.shared.cluster.budget.add_holder(self);
-        }
-        slot.counted_in(self);
-        match Self::grant_place(&mut state, slot) {
-            None => Ok(state.asked > 0),
-            Some(mut unsent) => {
-                // Every waiter had gone: the place goes back uncounted.
-                unsent.uncounted();
-                self.uncount(&mut state);
-                state.asked = 0;
-                Err(unsent)
-            }
-        }
-    }
-
     /// A place of this pool was given back (its connection closed). Clients still
     /// waiting may have counted on that connection coming back: the pool asks the
     /// budget for a place for them instead.
-    pub(crate) fn place_freed(self: &Arc<Self>) {
+    fn place_freed(self: &Arc<Self>) {
         let unsent = {
             let mut state = self.lock();
             self.uncount(&mut state);
             let uncovered = state.waiters.len() > state.asked;
             if uncovered && state.open + state.asked < self.limits.size {
-                let budget = &self.shared.cluster.budget;
-                budget
-                    .take_or_queue(&self.shared.cluster, self, &mut state)
-                    .and_then(|slot| Self::grant_place(&mut state, slot))
+                self.claim(&mut state, WhenFull::Queue)
+                    .and_then(|place| Self::grant_place(&mut state, place))
             } else {
                 None
             }
@@ -496,44 +525,24 @@ impl Pool {
     }
 
     /// Gives a counted place to the first waiter still there; returns it if none is.
-    fn grant_place(state: &mut PoolState, mut slot: Slot) -> Option<Slot> {
+    fn grant_place(state: &mut PoolState, mut place: Place) -> Option<Place> {
         while let Some(waiter) = state.waiters.pop_front() {
-            match waiter.grant.send(Grant::Place(slot)) {
+            match waiter.grant.send(Grant::Place(place)) {
                 Ok(()) => {
                     state.asked = state.asked.min(state.waiters.len());
                     return None;
                 }
-                Err(Grant::Place(back)) => slot = back,
+                Err(Grant::Place(back)) => place = back,
                 Err(Grant::Conn(_)) => unreachable!("sent a place"),
             }
         }
-        Some(slot)
+        Some(place)
     }
 
     fn uncount(&self, state: &mut PoolState) {
         state.open -= 1;
         if state.open == 0 {
-            self.shared.cluster.budget.remove_holder(self);
-        }
-    }
-
-    /// This pool's longest-idle connection: when it went idle and when it was opened;
-    /// and how many places the pool holds.
-    pub(crate) fn oldest_idle(&self) -> Option<OldestIdle> {
-        let state = self.lock();
-        state.idle.front().map(|idle| OldestIdle {
-            since: idle.since,
-            opened_at: idle.conn.opened_at,
-            open: state.open,
-        })
-    }
-
-    /// Removes the longest-idle connection if it is still the one idle since `since`.
-    pub(crate) fn evict_idle_since(&self, since: Instant) -> Option<ServerConn> {
-        let mut state = self.lock();
-        match state.idle.front() {
-            Some(idle) if idle.since == since => state.idle.pop_front().map(|idle| idle.conn),
-            _ => None,
+            self.budget().remove_holder(&self.membership);
         }
     }
 
@@ -551,7 +560,8 @@ impl Pool {
             let (keep, expired) = std::mem::take(&mut state.idle)
                 .into_iter()
                 .partition(|idle| {
-                    let too_old = !lifetime.is_zero() && idle.conn.opened_at.elapsed() >= lifetime;
+                    let opened_at = idle.conn.conn.opened_at;
+                    let too_old = !lifetime.is_zero() && opened_at.elapsed() >= lifetime;
                     let idle_too_long =
                         !idle_timeout.is_zero() && now.duration_since(idle.since) >= idle_timeout;
                     if too_old {
@@ -589,19 +599,81 @@ impl Pool {
     /// other tenant is waiting for.
     pub async fn warm(self: &Arc<Self>, min: usize) -> Result<(), CheckoutError> {
         loop {
-            let slot = {
+            let place = {
                 let mut state = self.lock();
                 if state.open >= min || state.retired {
                     return Ok(());
                 }
-                let budget = &self.shared.cluster.budget;
-                match budget.take_spare(&self.shared.cluster, self, &mut state) {
-                    Some(slot) => slot,
+                match self.claim(&mut state, WhenFull::GiveUp) {
+                    Some(place) => place,
                     None => return Ok(()),
                 }
             };
             let deadline = Instant::now() + self.target.connect_timeout;
-            drop(self.open(slot, deadline).await?);
+            drop(self.open(place, deadline).await?);
+        }
+    }
+}
+
+impl Claimant for Pool {
+    fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    /// Takes a place the budget handed out: counts it and gives it to the first
+    /// waiter. Returns whether the pool still asks for more, or the place unused
+    /// (uncounted) when no one waits.
+    fn accept(self: Arc<Self>, slot: Slot) -> Result<bool, Slot> {
+        let mut state = self.lock();
+        state.asked = state.asked.saturating_sub(1);
+        if state.waiters.is_empty() {
+            state.asked = 0;
+            return Err(slot);
+        }
+        state.open += 1;
+        if state.open == 1 {
+            self.budget().add_holder(&self);
+        }
+        match Self::grant_place(&mut state, self.place(slot)) {
+            None => Ok(state.asked > 0),
+            Some(unsent) => {
+                // Every waiter had gone: the place goes back uncounted.
+                let slot = unsent.uncounted();
+                self.uncount(&mut state);
+                state.asked = 0;
+                Err(slot)
+            }
+        }
+    }
+
+    fn oldest_idle(&self) -> Option<OldestIdle> {
+        let state = self.lock();
+        state.idle.front().map(|idle| OldestIdle {
+            since: idle.since,
+            opened_at: idle.conn.conn.opened_at,
+            open: state.open,
+        })
+    }
+
+    fn evict_idle_since(&self, since: Instant) -> bool {
+        let evicted = {
+            let mut state = self.lock();
+            match state.idle.front() {
+                Some(idle) if idle.since == since => state.idle.pop_front(),
+                _ => None,
+            }
+        };
+        // Dropped outside the lock: dropping a place takes it.
+        match evicted {
+            Some(idle) => {
+                self.shared
+                    .cluster
+                    .metrics
+                    .disconnected(Disconnect::Evicted);
+                drop(idle);
+                true
+            }
+            None => false,
         }
     }
 }
@@ -610,7 +682,7 @@ impl Drop for Pool {
     fn drop(&mut self) {
         let open = self.state.get_mut().map_or(0, |state| state.open);
         if open > 0 {
-            self.shared.cluster.budget.remove_holder(self);
+            self.shared.cluster.budget.remove_holder(&self.membership);
         }
     }
 }

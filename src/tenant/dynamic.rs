@@ -13,10 +13,11 @@
 //! connections, no login for `dynamic_tenant_idle_timeout`) are dropped by pool
 //! maintenance, not by a task of their own.
 
-use crate::auth_query::{Answer, AuthQuery, LookupError};
-use crate::cluster::Cluster;
+use super::auth_query::{Answer, AuthQuery, LookupError};
+use super::Tenant;
 use crate::config::{AuthDatabases, AuthType, Config, Secret, TenantDefaults};
-use crate::tenant::Tenant;
+use crate::locks::lock;
+use crate::pool::cluster::Cluster;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -119,8 +120,8 @@ impl DynamicTenants {
             tenants: Mutex::default(),
         };
         if let Some(previous) = previous {
-            let old = previous.tenants.lock().expect("dynamic tenants lock");
-            let mut new = registry.tenants.lock().expect("dynamic tenants lock");
+            let old = lock(&previous.tenants);
+            let mut new = lock(&registry.tenants);
             for ((database, user), entry) in old.iter() {
                 if !configured(database, user) && registry.still_fits(database, user, entry) {
                     new.insert(
@@ -154,7 +155,7 @@ impl DynamicTenants {
 
     /// The dynamic tenant already made for (database, user), without a lookup.
     pub fn get(&self, database: &str, user: &str) -> Option<Arc<Tenant>> {
-        let tenants = self.tenants.lock().expect("dynamic tenants lock");
+        let tenants = lock(&self.tenants);
         tenants
             .get(&(database.to_owned(), user.to_owned()))
             .map(|e| e.tenant.clone())
@@ -177,7 +178,7 @@ impl DynamicTenants {
             Answer::Unknown => return Ok(Found::UnknownRole(self.defaults.auth_type)),
         };
         let key = (database.to_owned(), user.to_owned());
-        let mut tenants = self.tenants.lock().expect("dynamic tenants lock");
+        let mut tenants = lock(&self.tenants);
         if let Some(entry) = tenants.get_mut(&key).filter(|e| e.password == password) {
             entry.last_login = Instant::now();
             return Ok(Found::Tenant(entry.tenant.clone()));
@@ -212,7 +213,7 @@ impl DynamicTenants {
 
     /// Every dynamic tenant now.
     pub fn snapshot(&self) -> Vec<Arc<Tenant>> {
-        let tenants = self.tenants.lock().expect("dynamic tenants lock");
+        let tenants = lock(&self.tenants);
         tenants.values().map(|e| e.tenant.clone()).collect()
     }
 
@@ -223,7 +224,7 @@ impl DynamicTenants {
         for route in &self.routes {
             route.lookup.close_idle();
         }
-        let mut tenants = self.tenants.lock().expect("dynamic tenants lock");
+        let mut tenants = lock(&self.tenants);
         let before = tenants.len();
         tenants.retain(|_, entry| {
             let tenant = &entry.tenant;

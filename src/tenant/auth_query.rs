@@ -11,12 +11,13 @@
 //! the stored password (SCRAM verifier, md5 hash or plaintext); no row or NULL means the
 //! role does not exist or may not log in.
 
-use crate::cluster::Cluster;
 use crate::config::{self, PasswordKind};
+use crate::locks::lock;
+use crate::net::{flush, read_message, ReadError};
+use crate::pool::cluster::Cluster;
 use crate::pool::{self, CheckoutError, Pool};
 use crate::server::{ConnectError, ServerConn, ServerCredentials, ServerPassword, ServerTarget};
 use crate::stats::{ServerRegistry, TenantStats};
-use crate::wire::{flush, read_message, ReadError};
 use bytes::BytesMut;
 use sluice_protocol::backend;
 use sluice_protocol::extended::{encode_bind_text, encode_execute, encode_parse_query};
@@ -54,20 +55,16 @@ pub enum LookupError {
     #[error("auth_query returned {0} column(s); it must return (user name, password)")]
     Shape(usize),
     #[error("lookup connection failed: {0}")]
-    Io(String),
+    Read(#[from] ReadError),
+    #[error("{0}")]
+    Internal(&'static str),
     #[error("lookup did not finish within server_connect_timeout ({0:?})")]
     Timeout(Duration),
 }
 
-impl From<ReadError> for LookupError {
-    fn from(e: ReadError) -> Self {
-        LookupError::Io(e.to_string())
-    }
-}
-
 impl From<std::io::Error> for LookupError {
     fn from(e: std::io::Error) -> Self {
-        LookupError::Io(e.to_string())
+        LookupError::Read(e.into())
     }
 }
 
@@ -147,26 +144,24 @@ impl AuthQuery {
 
     /// Closes lookup connections idle for [`AUTH_CONNECTION_IDLE`].
     pub fn close_idle(&self) {
-        let connections = self.connections.lock().expect("lookup connections lock");
+        let connections = lock(&self.connections);
         for pool in connections.values() {
             pool.close_expired(AUTH_CONNECTION_IDLE);
         }
     }
 
     async fn run(&self, database: &str, user: &str) -> Result<Answer, LookupError> {
-        let pool = self
-            .connections
-            .lock()
-            .expect("lookup connections lock")
+        let pool = lock(&self.connections)
             .entry(database.to_owned())
             .or_insert_with(|| self.pool(database))
             .clone();
         let mut lease = pool.checkout(self.timeout).await.map_err(|e| match e {
             CheckoutError::Timeout => LookupError::Timeout(self.timeout),
             CheckoutError::Connect(e) => LookupError::Connect(e),
+            CheckoutError::Internal(why) => LookupError::Internal(why),
         })?;
         let answer = query(&mut lease, &self.query, user).await;
-        if let Err(LookupError::Io(_)) = answer {
+        if let Err(LookupError::Read(_)) = answer {
             // It failed mid-exchange, its state unknown: closed rather than reused.
             lease.close();
         }
@@ -216,8 +211,7 @@ async fn query(conn: &mut ServerConn, sql: &str, user: &str) -> Result<Answer, L
                 first_row = Some(answer_of_row(&body));
             }
             b'E' => {
-                let fields = backend::parse_error_fields(&body)
-                    .map_err(|e| LookupError::Io(e.to_string()))?;
+                let fields = backend::parse_error_fields(&body).map_err(ReadError::from)?;
                 failed = Some(LookupError::Query {
                     code: fields.code.into_owned(),
                     message: fields.message.into_owned(),
@@ -237,7 +231,7 @@ async fn query(conn: &mut ServerConn, sql: &str, user: &str) -> Result<Answer, L
 
 /// The answer in one DataRow of (user name, password).
 fn answer_of_row(body: &[u8]) -> Result<Answer, LookupError> {
-    let values = backend::parse_data_row(body).map_err(|e| LookupError::Io(e.to_string()))?;
+    let values = backend::parse_data_row(body).map_err(ReadError::from)?;
     if values.len() < 2 {
         return Err(LookupError::Shape(values.len()));
     }
@@ -308,7 +302,7 @@ impl VerifierCache {
     /// The live slot for `key`, made (evicting the oldest beyond capacity) if there is
     /// none or it expired.
     fn slot(&self, key: Key) -> Arc<Slot> {
-        let mut state = self.state.lock().expect("verifier cache lock");
+        let mut state = lock(&self.state);
         if let Some(slot) = state.slots.get(&key).filter(|s| !s.is_expired(self.ttl)) {
             return slot.clone();
         }
@@ -337,7 +331,7 @@ impl VerifierCache {
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.state.lock().expect("verifier cache lock").slots.len()
+        lock(&self.state).slots.len()
     }
 }
 

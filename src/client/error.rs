@@ -1,14 +1,23 @@
-//! Why a client session ended, classified once: the SQLSTATE and text the client sees,
-//! and the kind that goes into logs. Text sent to clients never carries internal
-//! details such as server addresses or i/o errors.
+//! Why a client connection ended, classified once: the SQLSTATE and text the client sees,
+//! and the kind that goes into logs and the `kind` label of `sluice_errors_total`. Text
+//! sent to clients never carries internal details such as server addresses or i/o errors.
+//!
+//! Names the errors of the layers below (pools, servers, lookups) to classify them; never
+//! runs anything of theirs.
 
+use crate::net::{ReadError, Stream};
 use crate::pool::CheckoutError;
 use crate::server::ConnectError;
-use crate::wire::ReadError;
-use sluice_protocol::ProtocolError;
+use crate::tenant::auth_query::LookupError;
+use bytes::BytesMut;
+use sluice_protocol::{backend, ProtocolError};
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 
-/// Broad class of a failure, for logs and (later) the `kind` label of error metrics.
+/// How long sluice tries to deliver a final ErrorResponse to a client.
+const ERROR_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Broad class of a failure, for logs and the `kind` label of error metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
     /// The client misbehaved or was refused.
@@ -17,6 +26,8 @@ pub enum ErrorKind {
     Server,
     /// A configured timeout expired.
     Timeout,
+    /// sluice itself failed: a broken invariant, not anyone's input.
+    Internal,
 }
 
 impl ErrorKind {
@@ -25,6 +36,7 @@ impl ErrorKind {
             ErrorKind::Client => "client",
             ErrorKind::Server => "server",
             ErrorKind::Timeout => "timeout",
+            ErrorKind::Internal => "internal",
         }
     }
 }
@@ -44,10 +56,7 @@ pub enum SessionError {
     #[error("password authentication failed for user \"{0}\"")]
     BadPassword(String),
     #[error("could not look up the password of user \"{user}\": {source}")]
-    AuthQuery {
-        user: String,
-        source: crate::auth_query::LookupError,
-    },
+    AuthQuery { user: String, source: LookupError },
     #[error("too many client connections for tenant {tenant} (max_client_connections is {max})")]
     TooManyClients { tenant: String, max: u32 },
     #[error("login did not complete within client_login_timeout ({0:?})")]
@@ -79,6 +88,8 @@ pub enum SessionError {
     TenantRemoved,
     #[error("server refused the client's session parameters: {message} (SQLSTATE {code})")]
     ParameterRejected { code: String, message: String },
+    #[error("internal error: {0}")]
+    Internal(&'static str),
 }
 
 impl SessionError {
@@ -91,6 +102,7 @@ impl SessionError {
             SessionError::ServerUnavailable { .. }
             | SessionError::ServerLost(_)
             | SessionError::AuthQuery { .. } => ErrorKind::Server,
+            SessionError::Internal(_) => ErrorKind::Internal,
             _ => ErrorKind::Client,
         }
     }
@@ -135,6 +147,9 @@ impl SessionError {
             SessionError::ServerLost(_) => {
                 return Some(("08006", "server connection lost".to_owned()))
             }
+            SessionError::Internal(_) => {
+                return Some(("XX000", "internal error in sluice".to_owned()))
+            }
             // The query's error stays in sluice's log: it may name server internals.
             SessionError::AuthQuery { user, .. } => {
                 return Some((
@@ -158,6 +173,16 @@ impl SessionError {
                 tenant: tenant.to_owned(),
                 source,
             },
+            CheckoutError::Internal(why) => SessionError::Internal(why),
+        }
+    }
+
+    /// A failed read from the client: the one place a read error is the client's doing.
+    pub fn client_read(e: ReadError) -> Self {
+        match e {
+            ReadError::Closed => SessionError::ClientGone,
+            ReadError::Io(e) => SessionError::ClientIo(e),
+            ReadError::Protocol(e) => e.into(),
         }
     }
 }
@@ -168,12 +193,12 @@ impl From<ProtocolError> for SessionError {
     }
 }
 
-impl From<ReadError> for SessionError {
-    fn from(e: ReadError) -> Self {
-        match e {
-            ReadError::Closed => SessionError::ClientGone,
-            ReadError::Io(e) => SessionError::ClientIo(e),
-            ReadError::Protocol(e) => e.into(),
-        }
-    }
+/// Sends a FATAL ErrorResponse for `error`, if it has one, without waiting long.
+pub async fn report_error(stream: &mut Stream, error: &SessionError) {
+    let Some((code, message)) = error.client_error() else {
+        return;
+    };
+    let mut out = BytesMut::new();
+    backend::encode_error(&mut out, "FATAL", code, &message);
+    let _ = tokio::time::timeout(ERROR_WRITE_TIMEOUT, stream.write_all(&out)).await;
 }

@@ -3,8 +3,8 @@
 //! cluster reachable) and `/` (a plain status page). Rendering runs on the blocking pool,
 //! off the proxy's hot path.
 
+use super::{prometheus, status_page};
 use crate::shared::Shared;
-use crate::status_page;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -51,7 +51,7 @@ async fn respond(
     }
     let response = match request.uri().path() {
         "/metrics" => {
-            let rendering = tokio::task::spawn_blocking(move || crate::prometheus::render(&shared));
+            let rendering = tokio::task::spawn_blocking(move || prometheus::render(&shared));
             match rendering.await {
                 Ok(body) => typed(StatusCode::OK, PROMETHEUS_TEXT, body),
                 Err(_) => plain(StatusCode::INTERNAL_SERVER_ERROR, "rendering failed\n"),

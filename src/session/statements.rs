@@ -15,6 +15,7 @@
 //!   messages sluice injected, and applies confirmations, in the order the server sends
 //!   them.
 
+use crate::server::statements::{ServerStatements, UnnamedOwner};
 use bytes::{Bytes, BytesMut};
 use ring::digest;
 use sluice_protocol::extended::{encode_parse, encode_target};
@@ -113,7 +114,7 @@ impl ClientStatements {
     ) -> Option<(&[u8], UnnamedOwner)> {
         let owner = self.unnamed_owner();
         (self.unnamed_seq != 0
-            && server.unnamed != Some(owner)
+            && server.unnamed() != Some(owner)
             && !in_flight.unnamed_parse_pending(owner))
         .then_some((&self.unnamed_parse[..], owner))
     }
@@ -128,82 +129,6 @@ impl ClientStatements {
         UnnamedOwner {
             client_id: self.client_id,
             seq: self.unnamed_seq,
-        }
-    }
-}
-
-/// Which client's which unnamed Parse a server connection holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UnnamedOwner {
-    client_id: u64,
-    seq: u64,
-}
-
-/// What one server connection has prepared.
-pub struct ServerStatements {
-    /// Server-side name → last use, for least-recently-used eviction.
-    prepared: HashMap<Bytes, u64>,
-    clock: u64,
-    unnamed: Option<UnnamedOwner>,
-}
-
-impl ServerStatements {
-    pub fn new() -> Self {
-        ServerStatements {
-            prepared: HashMap::new(),
-            clock: 0,
-            unnamed: None,
-        }
-    }
-
-    /// True (and marks it used) when `name` is prepared on this server.
-    pub fn touch(&mut self, name: &Bytes) -> bool {
-        self.clock += 1;
-        match self.prepared.get_mut(name) {
-            Some(used) => {
-                *used = self.clock;
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Stops counting `name` as prepared: a Close for it is about to be sent.
-    pub fn forget(&mut self, name: &Bytes) {
-        self.prepared.remove(name);
-    }
-
-    /// Picks the least recently used statement to close when `capacity` is reached.
-    pub fn evict_for_one_more(&mut self, capacity: usize) -> Option<Bytes> {
-        if self.prepared.len() < capacity.max(1) {
-            return None;
-        }
-        let oldest = self
-            .prepared
-            .iter()
-            .min_by_key(|(_, used)| **used)
-            .map(|(name, _)| name.clone())?;
-        self.prepared.remove(&oldest);
-        Some(oldest)
-    }
-
-    pub fn set_unnamed(&mut self, owner: Option<UnnamedOwner>) {
-        self.unnamed = owner;
-    }
-
-    /// The server dropped every statement (`DEALLOCATE ALL`, `DISCARD ALL`).
-    pub fn clear(&mut self) {
-        self.prepared.clear();
-        self.unnamed = None;
-    }
-
-    fn confirm(&mut self, confirmation: Confirm) {
-        self.clock += 1;
-        match confirmation {
-            Confirm::Prepared { server_name, .. } => {
-                self.prepared.insert(server_name, self.clock);
-            }
-            Confirm::Unnamed(owner) => self.unnamed = Some(owner),
         }
     }
 }
@@ -311,7 +236,10 @@ impl ResponseFilter {
     pub fn parse_complete(&mut self, server: &mut ServerStatements) -> bool {
         match self.parses.pop_front() {
             Some(expected) => {
-                server.confirm(expected.what);
+                match expected.what {
+                    Confirm::Prepared { server_name, .. } => server.prepared(server_name),
+                    Confirm::Unnamed(owner) => server.set_unnamed(Some(owner)),
+                }
                 self.swallows -= usize::from(expected.swallow);
                 expected.swallow
             }
@@ -485,10 +413,7 @@ mod tests {
     fn eviction_picks_the_least_recently_used() {
         let mut server = ServerStatements::new();
         for name in ["a", "b", "c"] {
-            server.confirm(Confirm::Prepared {
-                server_name: Bytes::from(name),
-                client: None,
-            });
+            server.prepared(Bytes::from(name));
         }
         assert!(server.touch(&Bytes::from("a")));
         assert_eq!(server.evict_for_one_more(3), Some(Bytes::from("b")));

@@ -1,7 +1,7 @@
 //! Reading whole protocol messages from a socket during the phases where sluice must
 //! understand every message: client login, server login and connection cleanup.
 //!
-//! The hot path (`session::relay`) never uses this: it forwards raw bytes. Here every
+//! The relay (`session::relay`) never uses this: it forwards raw bytes. Here every
 //! message is bounded by a caller-given limit before anything is buffered for it.
 
 use bytes::BytesMut;

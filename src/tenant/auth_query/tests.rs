@@ -88,7 +88,7 @@ async fn failures_are_not_cached() {
     let cache = VerifierCache::new(Duration::from_secs(30), 10);
     let failed = cache
         .get_or_fetch(key("alice"), || async {
-            Err(LookupError::Io("boom".to_owned()))
+            Err(LookupError::Read(ReadError::Closed))
         })
         .await;
     assert!(failed.is_err());

@@ -1,8 +1,11 @@
-//! Clusters: one PostgreSQL endpoint, the connection budget (`max_server_connections`,
-//! see `budget.rs`) all its tenants share, and the per-cluster metrics (histograms and counters through
-//! the `metrics` facade, with handles resolved once so the hot path only records).
+//! Clusters: one PostgreSQL endpoint (address and TLS), the connection budget
+//! (`max_server_connections`, see `budget`) all its tenants share, and the per-cluster
+//! metrics (histograms and counters through the `metrics` facade, with handles resolved once
+//! so the hot path only records).
+//!
+//! Knows nothing of the tenants or pools that use it.
 
-use crate::budget::Budget;
+use super::budget::Budget;
 use crate::config;
 use crate::tls::{ServerTls, TlsError};
 use arc_swap::ArcSwapOption;
@@ -74,7 +77,7 @@ pub struct Cluster {
     pub tls: ArcSwapOption<ServerTls>,
     pub host: String,
     pub port: u16,
-    pub budget: Budget,
+    pub budget: Arc<Budget>,
     pub metrics: ClusterMetrics,
     reachable: AtomicBool,
 }
@@ -147,10 +150,9 @@ impl Cluster {
 
     /// Applies a reloaded budget: `max_server_connections` (a smaller one takes effect
     /// as connections close) and `max_connects_per_second`.
-    pub fn resize(self: &Arc<Self>, config: &config::Cluster) {
+    pub fn resize(&self, config: &config::Cluster) {
         let max = config.max_server_connections;
-        self.budget
-            .reconfigure(self, max, config.max_connects_per_second);
+        self.budget.reconfigure(max, config.max_connects_per_second);
         gauge!("sluice_cluster_max_server_connections", "cluster" => self.name.clone())
             .set(f64::from(max));
     }
