@@ -12,6 +12,9 @@
 //! which PostgreSQL ignores the signal if the query had already finished.
 //!
 //! See <https://www.postgresql.org/docs/current/protocol-flow.html#PROTOCOL-FLOW-CANCELING-REQUESTS>.
+//!
+//! Owns the registry and the per-client cancel state; reaches servers only through
+//! `server::cancel`. Knows nothing of pools, tenants or sessions, which attach and detach.
 
 use crate::locks::lock;
 use crate::server::cancel::cancel_query;

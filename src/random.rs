@@ -1,5 +1,7 @@
 //! Unpredictable bytes from the operating system, for SCRAM nonces and salts, md5 salts
 //! and the cancel keys sluice hands to clients.
+//!
+//! A leaf.
 
 use ring::rand::{SecureRandom, SystemRandom};
 

@@ -4,6 +4,8 @@
 //! `SHOW CLIENTS` / `SHOW SERVERS` and the longest-wait gauge read.
 //!
 //! Updates on the hot path are relaxed atomic adds on the session's own tenant.
+//!
+//! Plain data, a leaf: the modules that count write here, the console and `/metrics` read.
 
 use crate::locks::lock;
 use std::collections::HashMap;

@@ -7,6 +7,8 @@
 //! - Towards servers: per cluster, libpq's `sslmode` meanings. `prefer` and `require`
 //!   encrypt without verifying the certificate (as libpq does); `verify-ca` checks the
 //!   chain against `tls_ca_file`; `verify-full` also checks that it names the host.
+//!
+//! Builds rustls configurations from the configuration only; sockets are `net`'s business.
 
 use crate::config::{self, ClientTlsMode, Config, ServerTlsMode};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};

@@ -3,6 +3,9 @@
 //! speaking the simple query protocol: `SHOW …`, `PAUSE`, `RESUME`, `RELOAD`, `KILL`,
 //! `SHUTDOWN`. Column names follow PgBouncer's where they mean the same, so
 //! pgbouncer_exporter and existing dashboards work against sluice.
+//!
+//! Reads and changes the process-wide state (`shared`); shares only `client` (logins and
+//! errors) with the tenant sessions, which it never touches.
 
 mod command;
 mod show;

@@ -1,6 +1,8 @@
 //! `SHOW` commands of the admin console. Columns carry PgBouncer's names where they mean
 //! the same (see PgBouncer's `SHOW POOLS`, `STATS`, `CLIENTS`, `SERVERS`, `DATABASES`),
 //! so pgbouncer_exporter reads them unchanged; times are in microseconds like PgBouncer's.
+//!
+//! Read-only: renders what the tenants, pools and registries hold; changes nothing.
 
 use super::command::Show;
 use crate::config::PoolMode;

@@ -1,6 +1,8 @@
 //! Validation: the rules a parsed configuration must follow before
 //! sluice serves with it. All problems are reported at once, each naming its
 //! key and where the value came from.
+//!
+//! Pure: reads the parsed configuration, reads no file or variable.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

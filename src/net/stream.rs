@@ -1,6 +1,8 @@
 //! A connection that is plain TCP or TLS over TCP, on either side of the proxy. The relay
 //! and the login code work with `Stream` through `AsyncRead`/`AsyncWrite`, so TLS costs
 //! only the encryption.
+//!
+//! Knows sockets and TLS sessions, not what is sent over them.
 
 use std::io;
 use std::pin::Pin;

@@ -3,6 +3,8 @@
 //!
 //! The relay (`session::relay`) never uses this: it forwards raw bytes. Here every
 //! message is bounded by a caller-given limit before anything is buffered for it.
+//!
+//! Knows framing (from the protocol crate), not what the messages mean.
 
 use bytes::BytesMut;
 use sluice_protocol::frame::split_message;

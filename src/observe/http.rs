@@ -2,6 +2,8 @@
 //! (the process is alive), `/readyz` (accepting traffic: not draining, not paused, some
 //! cluster reachable) and `/` (a plain status page). Rendering runs on the blocking pool,
 //! off the proxy's hot path.
+//!
+//! Serves; what the pages say is `prometheus`'s and `status_page`'s business.
 
 use super::{prometheus, status_page};
 use crate::shared::Shared;

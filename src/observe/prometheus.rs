@@ -4,6 +4,8 @@
 //! tenants' atomics at scrape time, so a removed tenant's series disappear with it and
 //! their number stays bounded: 18 series per tenant (client and server connections by
 //! three states each, and twelve single series).
+//!
+//! Read-only, except the process-wide recorder it installs at start.
 
 use crate::shared::Shared;
 use crate::tenant::Tenant;

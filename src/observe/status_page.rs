@@ -1,6 +1,8 @@
 //! The status page at `/` on the metrics port, for teams without Prometheus: clusters
 //! with their budget in use, and the busiest tenants. Plain HTML, no scripts; a reload
 //! of the page shows fresh numbers.
+//!
+//! Read-only.
 
 use crate::shared::Shared;
 use std::fmt::Write;

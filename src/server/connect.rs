@@ -6,6 +6,8 @@
 //! hash (answers md5 challenges), SCRAM keys recovered from a client's login (SCRAM
 //! pass-through), or credentials learned from clients at login and replaced by later
 //! logins ([`LearnedCredentials`]).
+//!
+//! Opens and logs in; takes no budget place (the pool does) and decides nothing about reuse.
 
 use super::parameters::{Parameters, ServerParameters};
 use super::statements::ServerStatements;

@@ -68,6 +68,16 @@ impl Parameters {
         }
     }
 
+    /// A set of these values, for tests.
+    #[cfg(test)]
+    pub fn of(pairs: &[(&str, &str)]) -> Self {
+        let mut parameters = Parameters::default();
+        for (name, value) in pairs {
+            parameters.set(name, value);
+        }
+        parameters
+    }
+
     pub fn get(&self, name: &str) -> Option<&str> {
         self.values
             .get(&*lookup_key(name))
@@ -237,11 +247,7 @@ mod tests {
     use super::*;
 
     fn params(pairs: &[(&str, &str)]) -> Parameters {
-        let mut p = Parameters::default();
-        for (name, value) in pairs {
-            p.set(name, value);
-        }
-        p
+        Parameters::of(pairs)
     }
 
     #[test]

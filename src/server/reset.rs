@@ -4,6 +4,8 @@
 //! The connection goes back to the pool only if every step succeeds and the server
 //! reports an idle transaction status; otherwise the caller closes it. PostgreSQL then
 //! rolls back whatever was open, so a failed reset never leaks state either.
+//!
+//! Works on one connection it is handed; whether it goes back to the pool is the caller's call.
 
 use super::cancel::cancel_query;
 use super::ServerConn;

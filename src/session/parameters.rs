@@ -84,11 +84,7 @@ mod tests {
     use super::*;
 
     fn params(pairs: &[(&str, &str)]) -> Parameters {
-        let mut p = Parameters::default();
-        for (name, value) in pairs {
-            p.set(name, value);
-        }
-        p
+        Parameters::of(pairs)
     }
 
     fn startup(pairs: &[(&str, &str)]) -> StartupMessage {

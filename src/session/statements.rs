@@ -14,6 +14,9 @@
 //! - [`ResponseFilter`] drops the ParseComplete and CloseComplete answers to the
 //!   messages sluice injected, and applies confirmations, in the order the server sends
 //!   them.
+//!
+//! Decides what to prepare where; the server connection's own record is
+//! `server::statements`. No I/O (also compiled into `benches/hot_path.rs`).
 
 use crate::server::statements::{ServerStatements, UnnamedOwner};
 use bytes::{Bytes, BytesMut};

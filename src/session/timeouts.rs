@@ -2,6 +2,8 @@
 //! `idle_transaction_timeout` and `client_idle_timeout` (a client silent too long inside
 //! or outside a transaction is disconnected). A zero setting turns a timer off, and then
 //! it costs nothing: no clock reads, no timer registrations.
+//!
+//! Only keeps time; the relay acts on the deadlines.
 
 use super::SessionError;
 use crate::config::TenantSettings;

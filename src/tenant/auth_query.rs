@@ -10,6 +10,8 @@
 //! bound as text parameter `$1`, never spliced into SQL. Its first row's second column is
 //! the stored password (SCRAM verifier, md5 hash or plaintext); no row or NULL means the
 //! role does not exist or may not log in.
+//!
+//! Uses pools like any tenant, through `pool`; knows nothing of the tenants it checks.
 
 use crate::config::{self, PasswordKind};
 use crate::locks::lock;

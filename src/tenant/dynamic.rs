@@ -12,6 +12,8 @@
 //! auth and server credentials always belong together; idle tenants (no clients, no server
 //! connections, no login for `dynamic_tenant_idle_timeout`) are dropped by pool
 //! maintenance, not by a task of their own.
+//!
+//! Makes and forgets tenants; the registry (`registry.rs`) decides who is asked.
 
 use super::auth_query::{Answer, AuthQuery, LookupError};
 use super::Tenant;

@@ -1,6 +1,8 @@
 //! Moving bytes between the two connections: the client bytes on their way to the
 //! server (passed through untouched, or reassembled after a rewrite), the server bytes on
 //! their way to the client, and one poll that drives reads and writes on both.
+//!
+//! Moves bytes; what they mean is `translate`'s business.
 
 use super::CLIENT_READ_CHUNK;
 use crate::net::Stream;

@@ -6,6 +6,8 @@
 //! by every session, so polling all three on every wait of every session contended across
 //! worker threads. A session registers its wake-ups once, with its task's waker, and
 //! afterwards only reads the flags; it registers again only if its waker changes.
+//!
+//! Reads flags owned elsewhere (`cancel`, `lifecycle`); never sets them.
 
 use super::SessionError;
 use crate::cancel::CancelTarget;

@@ -13,9 +13,13 @@
 //! connection is busy or inside a transaction hands it to `server::reset`, which makes
 //! it clean or closes it, so the next client never inherits its state.
 //!
-//! Both directions are driven by readiness (`readable`/`writable` plus `try_read`/
-//! `try_write`), so a slow reader on one side never stops the other direction from
-//! draining: no proxy-made deadlock when client and server both send a lot at once.
+//! Both directions are driven by one poll of both connections (`buffers::Ends`: writes
+//! first, then reads, through `poll_write`/`poll_read`), so a slow reader on one side never
+//! stops the other direction from draining: no proxy-made deadlock when client and server
+//! both send a lot at once.
+//!
+//! Uses the pool, the server connection and the tenant it is given; knows nothing of the
+//! listener, the console or other sessions.
 
 mod buffers;
 mod interrupts;

@@ -2,6 +2,9 @@
 //! owe) and, in transaction mode, statement names rewritten; server messages are
 //! classified (ReadyForQuery, COPY, ParameterStatus) and the answers to injected
 //! messages dropped.
+//!
+//! Changes only the relay's own state and the leased connection's records (parameters,
+//! statements); all I/O stays in `mod.rs` and `buffers.rs`.
 
 use super::{Relay, MAX_INSPECTED_QUERY, READY_FOR_QUERY_LEN};
 use crate::client::SessionError;
