@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
 # shellcheck disable=SC2317  # functions called from traps and the brace group look unreachable
-# sluice vs PgBouncer vs a direct connection, side by side in one run. See benches/README.md.
+# sluice vs PgBouncer (Debian's 1.18 and 1.25.2) vs a direct connection, side by side in one
+# run. See benches/README.md.
 #
 # Installs what it needs (PostgreSQL via scripts/ensure-deps, pgbouncer), builds sluice and
-# the load generator in release, starts a throwaway PostgreSQL, sluice and PgBouncer with the
-# same pool settings, runs every measurement with the targets alternating, prints one table
+# the load generator in release, starts a throwaway PostgreSQL, sluice and both PgBouncers with
+# the same pool settings, runs every measurement with the targets alternating, prints one table
 # and writes CSV to target/bench/. Everything it starts or creates is removed on exit.
 #
 # Environment (defaults in brackets):
+#   BENCH_PGBOUNCER_NEW [../shared/anchors/pgbouncer-1.25.2/pgbouncer, relative to the repo]
+#                             the second PgBouncer binary (the newest release), run beside
+#                             Debian's; when it is missing or does not run, the script says so
+#                             and compares with Debian's alone
 #   BENCH_SECONDS [10]        length of each pgbench run and each many-tenants run
-#   BENCH_ROUNDS [2]          how often the whole alternation (sluice, pgbouncer, direct) repeats
+#   BENCH_ROUNDS [2]          how often the whole alternation (sluice, each PgBouncer, direct)
+#                             repeats
 #   BENCH_CLIENTS [100]       pgbench clients through the proxies (direct uses BENCH_POOL)
 #   BENCH_POOL [20]           pool size of the bench tenant, and direct pgbench's clients
 #   BENCH_IDLE_CLIENTS [5000] idle authenticated clients opened through each proxy
@@ -42,6 +48,9 @@ per_db=10
 budget=100
 tenant_password=tenant-pw
 bench_password=bench-pw
+# Prepared statements per server connection, in sluice and in PgBouncer 1.21+ (the default of
+# sluice and of PgBouncer 1.25), so both prepare in transaction mode.
+prepared_statements=200
 
 log() { printf '[compare %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() {
@@ -62,6 +71,50 @@ if ! find_pgbouncer >/dev/null; then
         apt-get install -y -q --no-install-recommends pgbouncer
 fi
 pgbouncer_bin=$(find_pgbouncer) || die "pgbouncer not found after installing it"
+
+# PgBouncer refuses to run as root: it runs as the postgres OS user, as PostgreSQL does.
+as_postgres=()
+run_user=$(id -un)
+if [[ $(id -u) == 0 ]]; then
+    id -u postgres >/dev/null 2>&1 || useradd --system postgres
+    # setpriv execs (no fork), so $! is the server's own pid.
+    as_postgres=(setpriv --reuid=postgres --regid=postgres --init-groups)
+    run_user=postgres
+fi
+
+# The PgBouncers to compare with: Debian's, and the newest release from the anchors folder
+# (built upstream; it links libevent, c-ares and libssl, which the package above brings).
+# Each is a target named pgbouncer-MAJOR.MINOR.
+pgbouncer_new=${BENCH_PGBOUNCER_NEW:-$repo/../shared/anchors/pgbouncer-1.25.2/pgbouncer}
+pgb_bins=("$pgbouncer_bin")
+if [[ ! -e $pgbouncer_new ]]; then
+    log "warning: no PgBouncer at $pgbouncer_new (BENCH_PGBOUNCER_NEW); comparing with Debian's $pgbouncer_bin only"
+elif [[ ! -x $pgbouncer_new ]]; then
+    log "warning: $pgbouncer_new (BENCH_PGBOUNCER_NEW) is not executable; comparing with Debian's $pgbouncer_bin only"
+elif ! err=$("${as_postgres[@]}" "$pgbouncer_new" --version 2>&1); then
+    log "warning: $pgbouncer_new does not run as $run_user: $(head -1 <<<"$err"); comparing with Debian's $pgbouncer_bin only"
+else
+    pgb_bins+=("$pgbouncer_new")
+fi
+pgb_targets=()
+declare -A pgb_bin_of=() pgb_version_of=() pgb_prepared_of=()
+for bin in "${pgb_bins[@]}"; do
+    version=$("$bin" --version | awk 'NR == 1 {print $2}')
+    [[ -n $version ]] || die "no version from $bin --version"
+    label=pgbouncer-${version%.*}
+    [[ -z ${pgb_bin_of[$label]:-} ]] || label=$label-new
+    pgb_targets+=("$label")
+    pgb_bin_of[$label]=$bin
+    pgb_version_of[$label]=$version
+    # -M prepared through PgBouncer needs max_prepared_statements, new in 1.21.
+    if [[ $(printf '%s\n1.21.0\n' "$version" | sort -V | head -1) == 1.21.0 ]]; then
+        pgb_prepared_of[$label]=1
+    else
+        pgb_prepared_of[$label]=0
+    fi
+done
+proxies=(sluice "${pgb_targets[@]}")
+targets=("${proxies[@]}" direct)
 
 bindir=
 if command -v initdb >/dev/null 2>&1; then
@@ -100,17 +153,10 @@ fi
 tmp=$(mktemp -d /tmp/sluice-bench.XXXXXX)
 chmod 755 "$tmp"
 mkdir -p "$tmp/logs" "$tmp/out"
+[[ ${#as_postgres[@]} == 0 ]] || chown postgres "$tmp"
 sluice_pid=
-pgb_pid=
+pgb_pids=()
 pg_started=0
-
-as_postgres=()
-if [[ $(id -u) == 0 ]]; then
-    id -u postgres >/dev/null 2>&1 || useradd --system postgres
-    chown postgres "$tmp"
-    # setpriv execs (no fork), so $! is the server's own pid.
-    as_postgres=(setpriv --reuid=postgres --regid=postgres --init-groups)
-fi
 
 stop_pid() {
     local pid=$1 sig=$2
@@ -128,12 +174,12 @@ cleanup() {
     set +e
     trap - EXIT INT TERM
     stop_pid "$sluice_pid" TERM
-    stop_pid "$pgb_pid" TERM
+    for pid in "${pgb_pids[@]}"; do stop_pid "$pid" TERM; done
     if ((pg_started)); then
         "${as_postgres[@]}" "$bindir/pg_ctl" -D "$tmp/data" -m immediate -w stop >/dev/null 2>&1
     fi
     if ((rc != 0)); then
-        for f in "$tmp"/postgres.log "$tmp"/sluice.log "$tmp"/pgbouncer.log; do
+        for f in "$tmp"/postgres.log "$tmp"/sluice.log "$tmp"/pgbouncer-*.log "$tmp"/pgbouncer-*.out; do
             [[ -s $f ]] && { echo "--- tail of $f" >&2; tail -20 "$f" >&2; }
         done
     fi
@@ -208,12 +254,15 @@ printf '%s\n' "$(head -c 18 /dev/urandom | base64 | tr -d '/+=')" >"$tmp/pwfile"
     die "initdb failed"
 }
 rm -f "$tmp/pwfile"
+# max_connections: each proxy keeps up to its bench pool and the many-tenants budget of server
+# connections open (idle until server_idle_timeout) while the next target runs, and the
+# direct login run adds 32 backends at a time.
 cat >>"$tmp/data/postgresql.conf" <<EOF
 # sluice benchmark (benches/compare.sh)
 listen_addresses = '127.0.0.1'
 port = $pg_port
 unix_socket_directories = '$tmp'
-max_connections = 300
+max_connections = $(((pool + budget) * ${#proxies[@]} + 100))
 shared_buffers = '256MB'
 password_encryption = 'scram-sha-256'
 fsync = off
@@ -269,7 +318,7 @@ metrics_listen = "127.0.0.1:$metrics_port"
 pool_mode = "transaction"
 pool_size = $pool
 max_client_connections = $((idle_clients + 1000))
-max_prepared_statements = 200
+max_prepared_statements = $prepared_statements
 
 # The bench tenant's cluster.
 [clusters.main]
@@ -305,30 +354,33 @@ wait_ready sluice "$sluice_port" "$sluice_pid"
 log "sluice $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo '?') on port $sluice_port (pid $sluice_pid)"
 
 # ---------------------------------------------------------------- PgBouncer
-pgb_port=$(free_port)
-pgb_version=$("$pgbouncer_bin" --version | awk 'NR == 1 {print $2}')
-pgb_prepared=0
-if [[ $(printf '%s\n1.21.0\n' "$pgb_version" | sort -V | head -1) == 1.21.0 ]]; then
-    pgb_prepared=1
-fi
+# One auth_file for all; each PgBouncer gets its own ini, log and port, and the same settings
+# (max_prepared_statements only where it exists, 1.21+).
 {
     for name in "${!verifier[@]}"; do
         printf '"%s" "%s"\n' "$name" "${verifier[$name]}"
     done
 } >"$tmp/userlist.txt"
+[[ ${#as_postgres[@]} == 0 ]] || chown postgres "$tmp/userlist.txt"
 per_db_budget=$(((budget + dbs - 1) / dbs))
-{
-    echo "[databases]"
-    echo "bench = host=127.0.0.1 port=$pg_port dbname=bench"
-    for ((d = 0; d < dbs; d++)); do
-        printf 'tdb%03d = host=127.0.0.1 port=%s dbname=tdb%03d max_db_connections=%s\n' \
-            "$d" "$pg_port" "$d" "$per_db_budget"
-    done
-    cat <<EOF
+declare -A port_of=([sluice]=$sluice_port [direct]=$pg_port)
+declare -A pid_of=([sluice]=$sluice_pid [direct]="")
+start_pgbouncer() { # target
+    local target=$1 port pid
+    local ini=$tmp/$target.ini
+    port=$(free_port)
+    {
+        echo "[databases]"
+        echo "bench = host=127.0.0.1 port=$pg_port dbname=bench"
+        for ((d = 0; d < dbs; d++)); do
+            printf 'tdb%03d = host=127.0.0.1 port=%s dbname=tdb%03d max_db_connections=%s\n' \
+                "$d" "$pg_port" "$d" "$per_db_budget"
+        done
+        cat <<EOF
 
 [pgbouncer]
 listen_addr = 127.0.0.1
-listen_port = $pgb_port
+listen_port = $port
 unix_socket_dir =
 auth_type = scram-sha-256
 auth_file = $tmp/userlist.txt
@@ -339,20 +391,25 @@ server_tls_sslmode = disable
 ignore_startup_parameters = extra_float_digits
 log_connections = 0
 log_disconnections = 0
-logfile = $tmp/pgbouncer.log
+logfile = $tmp/$target.log
 EOF
-    ((pgb_prepared)) && echo "max_prepared_statements = 200"
-    true
-} >"$tmp/pgbouncer.ini"
-[[ ${#as_postgres[@]} == 0 ]] || chown postgres "$tmp/pgbouncer.ini" "$tmp/userlist.txt"
-"${as_postgres[@]}" "$pgbouncer_bin" "$tmp/pgbouncer.ini" >"$tmp/pgbouncer.out" 2>&1 &
-pgb_pid=$!
-wait_ready pgbouncer "$pgb_port" "$pgb_pid"
-log "PgBouncer $pgb_version on port $pgb_port (pid $pgb_pid)$( ((pgb_prepared)) || echo ', no -M prepared before 1.21')"
+        ((pgb_prepared_of[$target])) && echo "max_prepared_statements = $prepared_statements"
+        true
+    } >"$ini"
+    [[ ${#as_postgres[@]} == 0 ]] || chown postgres "$ini"
+    "${as_postgres[@]}" "${pgb_bin_of[$target]}" "$ini" >"$tmp/$target.out" 2>&1 &
+    pid=$!
+    pgb_pids+=("$pid")
+    wait_ready "$target" "$port" "$pid"
+    port_of[$target]=$port
+    pid_of[$target]=$pid
+    log "PgBouncer ${pgb_version_of[$target]} ($target, ${pgb_bin_of[$target]}) on port $port (pid $pid)$( ((pgb_prepared_of[$target])) || echo ', no -M prepared before 1.21')"
+}
+for target in "${pgb_targets[@]}"; do
+    start_pgbouncer "$target"
+done
 
 # ---------------------------------------------------------------- measurements
-declare -A port_of=([sluice]=$sluice_port [pgbouncer]=$pgb_port [direct]=$pg_port)
-declare -A pid_of=([sluice]=$sluice_pid [pgbouncer]=$pgb_pid [direct]="")
 declare -A R=() # "metric|target" → value
 add() { R["$1|$2"]=$(awk "BEGIN { printf \"%.12g\", ${R["$1|$2"]:-0} + ($3) }"); }
 
@@ -401,21 +458,21 @@ pgbench_run() { # round target mode
     add "lat_$mode" "$target" "$lat / $rounds"
     add "p99_$mode" "$target" "$p99 / $rounds"
     echo "$round,$target,$mode,$c,$seconds,$tx,${failed:-0},$tps,$lat,$p99,$user_us,$sys_us" >>"$runs_csv"
-    log "$(printf 'round %s %-9s %-8s tps %9s  avg %7s ms  p99 %7s ms  cpu µs/tx %s' \
+    log "$(printf 'round %s %-14s %-8s tps %9s  avg %7s ms  p99 %7s ms  cpu µs/tx %s' \
         "$round" "$target" "$mode" "$tps" "$lat" "$p99" "${user_us:+$user_us user + $sys_us sys}")"
 }
 
 for ((round = 1; round <= rounds; round++)); do
     for mode in "${modes[@]}"; do
-        for target in sluice pgbouncer direct; do
-            if [[ $target == pgbouncer && $mode == prepared ]] && ((!pgb_prepared)); then
+        for target in "${targets[@]}"; do
+            if [[ $mode == prepared && ${pgb_prepared_of[$target]:-1} == 0 ]]; then
                 continue
             fi
             pgbench_run "$round" "$target" "$mode"
         done
     done
 done
-for target in sluice pgbouncer; do
+for target in "${proxies[@]}"; do
     R["rss_mib|$target"]=$(calc "$(rss_kib "${pid_of[$target]}")" 1024 1)
 done
 
@@ -423,7 +480,7 @@ done
 # slow every later loopback connect (measured: ~700 instead of ~1,100 logins/s).
 log "login rate: ${login_seconds}s of connect, SELECT 1, disconnect (32 in parallel)"
 for ((round = 1; round <= rounds; round++)); do
-    for target in sluice pgbouncer direct; do
+    for target in "${targets[@]}"; do
         line=$("$loadgen" --bench login port="${port_of[$target]}" user=bench \
             password="$bench_password" dbname=bench seconds="$login_seconds" \
             pid="${pid_of[$target]:-0}")
@@ -436,7 +493,7 @@ for ((round = 1; round <= rounds; round++)); do
 done
 
 log "idle clients: $idle_clients through each proxy"
-for target in sluice pgbouncer; do
+for target in "${proxies[@]}"; do
     line=$("$loadgen" --bench idle port="${port_of[$target]}" user=bench password="$bench_password" \
         dbname=bench clients="$idle_clients" pid="${pid_of[$target]}")
     log "$target idle: $line"
@@ -448,7 +505,7 @@ done
 
 log "many tenants: $tenants tenants x 2 clients, SELECT 1 in a loop, ${seconds}s"
 for ((round = 1; round <= rounds; round++)); do
-    for target in sluice pgbouncer; do
+    for target in "${proxies[@]}"; do
         line=$("$loadgen" --bench tenants port="${port_of[$target]}" password="$tenant_password" \
             tenants="$tenants" clients=2 per_db="$per_db" seconds="$seconds" \
             pid="${pid_of[$target]}")
@@ -465,7 +522,7 @@ for ((round = 1; round <= rounds; round++)); do
 done
 
 # ---------------------------------------------------------------- derived figures
-for target in sluice pgbouncer direct; do
+for target in "${targets[@]}"; do
     for mode in "${modes[@]}"; do
         if [[ -n ${R["cpu_tx_$mode|$target"]:-} ]]; then
             R["cpu_$mode|$target"]=$(calc "${R["cpu_ticks_$mode|$target"]} * 1000000 / $clk_tck" "${R["cpu_tx_$mode|$target"]}" 2)
@@ -515,32 +572,61 @@ fmt() {
         echo "-"
     fi
 }
+# Columns: each target's figure, then sluice over each PgBouncer and over direct.
+ratio_of=("${pgb_targets[@]}" direct)
+headers=(metric "${targets[@]}")
+for t in "${ratio_of[@]}"; do headers+=("sluice/${t/#pgbouncer-/pgb}"); done
+widths=(32)
+for h in "${headers[@]:1}"; do widths+=($((${#h} > 10 ? ${#h} : 10))); done
+# row_cells KEY: the cells of one metric (figures, then ratios); "" where a figure does not apply.
+row_cells() {
+    local key=$1 t v s i
+    cells=()
+    for t in "${targets[@]}"; do
+        v=${R["$key|$t"]:-}
+        [[ $key == *prepared && ${pgb_prepared_of[$t]:-1} == 0 ]] && v=
+        [[ $t == direct ]] && [[ $key == cpu_* || $key == rss_* || $key == idle_* || $key == login_cpu || $key == mt_* ]] && v=
+        cells+=("$v")
+    done
+    s=${cells[0]}
+    for ((i = 1; i < ${#targets[@]}; i++)); do
+        cells+=("$(ratio "$s" "${cells[$i]}")")
+    done
+}
+print_row() { # cells…
+    local i line
+    line=$(printf '%-*s' "${widths[0]}" "$1")
+    shift
+    for ((i = 1; $# > 0; i++)); do
+        line+=$(printf ' %*s' "${widths[$i]}" "$1")
+        shift
+    done
+    echo "$line"
+}
+pgb_versions=
+for t in "${pgb_targets[@]}"; do pgb_versions+=${pgb_versions:+, }${pgb_version_of[$t]}; done
 {
-    echo "sluice benchmark  $(date -u '+%Y-%m-%d %H:%M UTC')  $(nproc) cores  sluice $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo '?')  PgBouncer $pgb_version  PostgreSQL $("$bindir/postgres" --version | awk '{print $3}')"
+    echo "sluice benchmark  $(date -u '+%Y-%m-%d %H:%M UTC')  $(nproc) cores  sluice $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo '?')  PgBouncer $pgb_versions  PostgreSQL $("$bindir/postgres" --version | awk '{print $3}')"
     echo "pgbench -S -c $clients (direct -c $pool) -j 2 -T $seconds, scale $scale, pool $pool, $rounds rounds alternating; idle clients $idle_clients; tenants $tenants x 2 clients, budget $budget"
-    printf '%-32s %10s %10s %10s %12s %12s\n' metric sluice pgbouncer direct sluice/pgb sluice/direct
+    print_row "${headers[@]}"
     for row in "${rows[@]}"; do
-        key=${row%%|*}
-        label=${row#*|}
-        s=${R["$key|sluice"]:-}
-        p=${R["$key|pgbouncer"]:-}
-        d=${R["$key|direct"]:-}
-        [[ $key == *prepared && $pgb_prepared == 0 ]] && p=
-        [[ $key == cpu_* || $key == rss_* || $key == idle_* || $key == login_cpu || $key == mt_* ]] && d=
-        printf '%-32s %10s %10s %10s %12s %12s\n' "$label" "$(fmt "$s")" "$(fmt "$p")" "$(fmt "$d")" \
-            "$(fmt "$(ratio "$s" "$p")")" "$(fmt "$(ratio "$s" "$d")")"
+        row_cells "${row%%|*}"
+        formatted=()
+        for c in "${cells[@]}"; do formatted+=("$(fmt "$c")"); done
+        print_row "${row#*|}" "${formatted[@]}"
     done
 } | tee "$table"
 {
-    echo "metric,sluice,pgbouncer,direct,sluice_over_pgbouncer,sluice_over_direct"
+    (
+        IFS=,
+        echo "${headers[*]}"
+    )
     for row in "${rows[@]}"; do
-        key=${row%%|*}
-        s=${R["$key|sluice"]:-}
-        p=${R["$key|pgbouncer"]:-}
-        d=${R["$key|direct"]:-}
-        [[ $key == *prepared && $pgb_prepared == 0 ]] && p=
-        [[ $key == cpu_* || $key == rss_* || $key == idle_* || $key == login_cpu || $key == mt_* ]] && d=
-        echo "$key,$s,$p,$d,$(ratio "$s" "$p"),$(ratio "$s" "$d")"
+        row_cells "${row%%|*}"
+        (
+            IFS=,
+            echo "${row%%|*},${cells[*]}"
+        )
     done
 } >"$summary_csv"
 log "wrote $runs_csv, $summary_csv, $table"
