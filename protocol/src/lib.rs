@@ -12,6 +12,7 @@
 pub mod backend;
 mod codec;
 pub mod error;
+pub mod exchange;
 pub mod extended;
 pub mod frame;
 pub mod frontend;
