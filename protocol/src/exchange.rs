@@ -156,8 +156,14 @@ pub struct NotAfterLogin(pub u8);
 pub enum Answer {
     /// ReadyForQuery: a request (Sync, Query or FunctionCall) is complete.
     Ready(TransactionStatus),
-    /// The server now waits for the client's COPY data (CopyInResponse).
-    CopyIn,
+    /// A statement of a simple query, or an Execute, completed (CommandComplete,
+    /// EmptyQueryResponse or PortalSuspended): the `n`-th of its request, counted from 0 by
+    /// the caller.
+    Completed,
+    /// The server now waits for the client's COPY data (CopyInResponse); `silenced` Syncs
+    /// sent after the message that started the COPY turned out to be read as copy data,
+    /// so no ReadyForQuery answers them.
+    CopyIn { silenced: u32 },
     /// Anything else that fits.
     Other,
 }
@@ -195,10 +201,12 @@ impl Exchange {
         Self::default()
     }
 
-    /// Records a frontend message sent to the server (its type byte). Terminate is not
-    /// sent to servers by a pooler and is refused here, as is anything else that is not
-    /// a message of the query phase.
-    pub fn frontend(&mut self, tag: u8) -> Result<(), NotAfterLogin> {
+    /// Records a frontend message sent to the server (its type byte). Returns whether it is
+    /// a request a ReadyForQuery will answer (a Query, a FunctionCall, a Sync outside a
+    /// COPY; see [`Answer::CopyIn`] for Syncs that turn out to be silent). Terminate is not
+    /// sent to servers by a pooler and is refused here, as is anything else that is not a
+    /// message of the query phase.
+    pub fn frontend(&mut self, tag: u8) -> Result<bool, NotAfterLogin> {
         let silent = match (tag, self.zone) {
             (b'Q' | b'P' | b'B' | b'D' | b'E' | b'C' | b'S' | b'F', CopyZone::Closed) => false,
             (b'H' | b'd', _) => true,
@@ -230,7 +238,7 @@ impl Exchange {
                 count: 1,
             }),
         }
-        Ok(())
+        Ok(!silent && matches!(tag, b'Q' | b'F' | b'S'))
     }
 
     /// Moves the model forward with a backend message: its type byte and, for
@@ -253,7 +261,10 @@ impl Exchange {
             },
             Phase::Executing => match tag {
                 b'D' => Some(Answer::Other),
-                b'C' | b'I' | b's' => Some(self.to(Phase::Ready)),
+                b'C' | b'I' | b's' => {
+                    self.phase = Phase::Ready;
+                    Some(Answer::Completed)
+                }
                 b'E' => Some(self.fail_batch()),
                 _ => None,
             },
@@ -274,7 +285,10 @@ impl Exchange {
                 _ => None,
             },
             Phase::CopyOutDone(origin) => match tag {
-                b'C' => Some(self.after_copy(origin, true)),
+                b'C' => {
+                    self.after_copy(origin, true);
+                    Some(Answer::Completed)
+                }
                 b'E' => Some(self.after_copy(origin, false)),
                 _ => None,
             },
@@ -303,7 +317,8 @@ impl Exchange {
             }
             (b'E', b'C' | b'I' | b's') => {
                 self.consume();
-                Some(self.open_batch())
+                self.open_batch();
+                Some(Answer::Completed)
             }
             (b'E', b'D') => {
                 self.consume();
@@ -343,7 +358,8 @@ impl Exchange {
     /// In `Phase::Query`.
     fn answer_in_query(&mut self, tag: u8, status: u8) -> Option<Answer> {
         match tag {
-            b'T' | b'D' | b'C' | b'I' | b'E' => Some(Answer::Other),
+            b'C' | b'I' => Some(Answer::Completed),
+            b'T' | b'D' | b'E' => Some(Answer::Other),
             b'G' | b'H' | b'W' => Some(self.start_copy(tag, CopyOrigin::Query)),
             b'Z' => self.ready(status),
             _ => None,
@@ -380,8 +396,8 @@ impl Exchange {
         match tag {
             b'G' => {
                 self.phase = Phase::CopyIn(origin);
-                self.open_copy_zone();
-                Answer::CopyIn
+                let silenced = self.open_copy_zone();
+                Answer::CopyIn { silenced }
             }
             b'H' => self.to(Phase::CopyOut(origin)),
             _ => self.to(Phase::CopyBoth),
@@ -391,25 +407,33 @@ impl Exchange {
     /// The server entered COPY FROM STDIN: the messages queued behind the one that started
     /// it are read as copy data. Sync and Flush among them are silent, and the first
     /// CopyDone or CopyFail ends the COPY; if the client has not sent one yet, the zone
-    /// stays open for what it sends next.
-    fn open_copy_zone(&mut self) {
+    /// stays open for what it sends next. Returns how many Syncs it silenced.
+    fn open_copy_zone(&mut self) -> u32 {
+        let mut silenced = 0;
         for run in self.queue.iter_mut() {
             match run.tag {
                 b'd' | b'H' => {}
-                b'S' => run.silent = true,
+                b'S' => {
+                    if !run.silent {
+                        silenced += run.count;
+                    }
+                    run.silent = true;
+                }
                 b'c' | b'f' => {
                     // Only the first of them ends the COPY; more in a row stay silent.
                     if run.count > 1 {
-                        return self.split_copy_end();
+                        self.split_copy_end();
+                    } else {
+                        run.silent = false;
                     }
-                    run.silent = false;
-                    return;
+                    return silenced;
                 }
                 // Any other message aborts the COPY with an error when the server reads it.
-                _ => return,
+                _ => return silenced,
             }
         }
         self.zone = CopyZone::Open;
+        silenced
     }
 
     fn split_copy_end(&mut self) {
@@ -437,6 +461,11 @@ impl Exchange {
     /// COPY FROM STDIN ended: with CommandComplete (`completed`, the client's CopyDone was
     /// consumed) or with an error (a CopyFail, bad data, or anything else the client sent).
     fn end_copy_in(&mut self, origin: CopyOrigin, completed: bool) -> Option<Answer> {
+        let answer = if completed {
+            Answer::Completed
+        } else {
+            Answer::Other
+        };
         match self.next_answered() {
             Some(b'c') => {}
             Some(b'f') if !completed => {}
@@ -446,12 +475,14 @@ impl Exchange {
             // data is dropped by the server, its end included.
             None if !completed => {
                 self.zone = CopyZone::Abandoned;
-                return Some(self.after_copy(origin, false));
+                self.after_copy(origin, false);
+                return Some(answer);
             }
             None => return None,
         }
         self.consume();
-        Some(self.after_copy(origin, completed))
+        self.after_copy(origin, completed);
+        Some(answer)
     }
 
     fn after_copy(&mut self, origin: CopyOrigin, completed: bool) -> Answer {

@@ -18,6 +18,7 @@ pub mod frame;
 pub mod frontend;
 pub mod md5;
 pub mod scram;
+pub mod sql;
 pub mod startup;
 
 #[cfg(test)]

@@ -41,6 +41,28 @@ fn a_simple_query_is_owed_until_its_ready_for_query() {
 }
 
 #[test]
+fn requests_and_completions_are_reported() {
+    let mut x = Exchange::new();
+    assert_eq!(x.frontend(b'Q'), Ok(true));
+    assert_eq!(x.backend(b'T', 0), Ok(Answer::Other));
+    assert_eq!(x.backend(b'C', 0), Ok(Answer::Completed));
+    assert_eq!(x.backend(b'I', 0), Ok(Answer::Completed));
+    assert_eq!(
+        x.backend(b'Z', b'I'),
+        Ok(Answer::Ready(TransactionStatus::Idle))
+    );
+    for (tag, request) in [(b'B', false), (b'E', false), (b'H', false), (b'S', true)] {
+        assert_eq!(x.frontend(tag), Ok(request));
+    }
+    feed(&mut x, b"2D");
+    assert_eq!(x.backend(b's', 0), Ok(Answer::Completed));
+    // A Sync sent during a COPY FROM STDIN is no request.
+    run(&mut x, b"", b"ZI");
+    run(&mut x, b"Q", b"G");
+    assert_eq!(x.frontend(b'S'), Ok(false));
+}
+
+#[test]
 fn a_transaction_keeps_the_connection_until_it_ends() {
     let mut x = Exchange::new();
     run(&mut x, b"Q", b"CZT");
@@ -112,7 +134,7 @@ fn extended_copy_in_ignores_the_sync_sent_with_the_execute() {
     // and another Sync. PostgreSQL ignores the first Sync: one ReadyForQuery in all.
     let mut x = Exchange::new();
     run(&mut x, b"PBDES", b"12n");
-    assert_eq!(x.backend(b'G', 0), Ok(Answer::CopyIn));
+    assert_eq!(x.backend(b'G', 0), Ok(Answer::CopyIn { silenced: 1 }));
     assert!(x.awaits_copy_data());
     for _ in 0..1000 {
         x.frontend(b'd').unwrap();
