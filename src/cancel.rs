@@ -174,19 +174,29 @@ impl CancelTarget {
     /// Cancels what the client is doing now: forwards a cancel to the server connection it
     /// holds, or takes it out of the queue for one.
     pub async fn cancel_current(&self) {
-        let server = {
-            let mut state = lock(&self.state);
-            if state.server.is_some() {
-                state.in_flight += 1;
-            } else if state.waiting {
-                state.cancelled_while_waiting = true;
-                self.cancel_wait.notify_waiters();
-            }
-            state.server
-        };
-        let Some((addr, server_key)) = server else {
-            return;
-        };
+        if let Some(server) = self.begin_cancel() {
+            self.forward(server).await;
+        }
+    }
+
+    /// The first half of a cancel, taken at once: marks a cancel in flight for the server
+    /// connection the client holds now (which then is not reused until the cancel has
+    /// landed) and returns where to send it; or, while the client is queued, takes it out
+    /// of the queue. Whoever then sends the cancel ([`CancelTarget::forward`]) may run
+    /// later, elsewhere: the mark is already in place.
+    pub fn begin_cancel(&self) -> Option<(SocketAddr, CancelKey)> {
+        let mut state = lock(&self.state);
+        if state.server.is_some() {
+            state.in_flight += 1;
+        } else if state.waiting {
+            state.cancelled_while_waiting = true;
+            self.cancel_wait.notify_waiters();
+        }
+        state.server
+    }
+
+    /// Sends a cancel [`CancelTarget::begin_cancel`] marked, then clears the mark.
+    pub async fn forward(&self, (addr, server_key): (SocketAddr, CancelKey)) {
         match tokio::time::timeout(FORWARD_TIMEOUT, cancel_query(addr, server_key)).await {
             Ok(Ok(())) => debug!(server = %addr, "cancel request forwarded"),
             Ok(Err(e)) => info!(server = %addr, error = %e, "forwarding a cancel request failed"),

@@ -61,8 +61,22 @@ fn is_ident_continue(b: u8) -> bool {
 fn is_operator(b: u8) -> bool {
     matches!(
         b,
-        b'+' | b'-' | b'*' | b'/' | b'<' | b'>' | b'=' | b'~' | b'!' | b'@' | b'#' | b'%'
-            | b'^' | b'&' | b'|' | b'`' | b'?'
+        b'+' | b'-'
+            | b'*'
+            | b'/'
+            | b'<'
+            | b'>'
+            | b'='
+            | b'~'
+            | b'!'
+            | b'@'
+            | b'#'
+            | b'%'
+            | b'^'
+            | b'&'
+            | b'|'
+            | b'`'
+            | b'?'
     )
 }
 
@@ -220,7 +234,10 @@ impl<'a> Tokens<'a> {
                 Token::Word(&self.text[start..self.at])
             }
             b if b.is_ascii_digit() => {
-                while self.peek(0).is_some_and(|b| b.is_ascii_alphanumeric() || b == b'.') {
+                while self
+                    .peek(0)
+                    .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'.')
+                {
                     self.at += 1;
                 }
                 Token::Other(&self.text[start..self.at])

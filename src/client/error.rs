@@ -88,6 +88,10 @@ pub enum SessionError {
     TenantRemoved,
     #[error("server refused the client's session parameters: {message} (SQLSTATE {code})")]
     ParameterRejected { code: String, message: String },
+    #[error("canceling statement due to query_timeout ({timeout:?}); the server did not answer the cancel within query_cancel_grace ({grace:?}), so its connection was closed")]
+    QueryTimeout { timeout: Duration, grace: Duration },
+    #[error("the server connection went out of sync ({0}) and was closed")]
+    ServerOutOfSync(String),
     #[error("internal error: {0}")]
     Internal(&'static str),
 }
@@ -98,9 +102,11 @@ impl SessionError {
             SessionError::LoginTimeout(_)
             | SessionError::WaitTimeout { .. }
             | SessionError::IdleInTransactionTimeout(_)
-            | SessionError::ClientIdleTimeout(_) => ErrorKind::Timeout,
+            | SessionError::ClientIdleTimeout(_)
+            | SessionError::QueryTimeout { .. } => ErrorKind::Timeout,
             SessionError::ServerUnavailable { .. }
             | SessionError::ServerLost(_)
+            | SessionError::ServerOutOfSync(_)
             | SessionError::AuthQuery { .. } => ErrorKind::Server,
             SessionError::Internal(_) => ErrorKind::Internal,
             _ => ErrorKind::Client,
@@ -120,7 +126,7 @@ impl SessionError {
             SessionError::BadPassword(_) => "28P01",
             SessionError::TooManyClients { .. } | SessionError::WaitTimeout { .. } => "53300",
             SessionError::LoginTimeout(_) => "08006",
-            SessionError::CancelledWhileWaiting => "57014",
+            SessionError::CancelledWhileWaiting | SessionError::QueryTimeout { .. } => "57014",
             SessionError::Killed | SessionError::ShuttingDown | SessionError::TenantRemoved => {
                 "57P01"
             }
@@ -146,6 +152,13 @@ impl SessionError {
             }
             SessionError::ServerLost(_) => {
                 return Some(("08006", "server connection lost".to_owned()))
+            }
+            // What the server sent stays in sluice's log.
+            SessionError::ServerOutOfSync(_) => {
+                return Some((
+                    "08006",
+                    "the server connection went out of sync and was closed".to_owned(),
+                ))
             }
             SessionError::Internal(_) => {
                 return Some(("XX000", "internal error in sluice".to_owned()))

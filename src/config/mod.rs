@@ -149,6 +149,10 @@ pub struct TenantDefaults {
     /// Longest a single query may run before it is cancelled (57014); 0 = no limit.
     #[serde(with = "humantime_serde")]
     pub query_timeout: Duration,
+    /// How long the server has to answer a `query_timeout` cancel before its connection
+    /// is closed and the client gets 57014 anyway (a stalled or unreachable server).
+    #[serde(with = "humantime_serde")]
+    pub query_cancel_grace: Duration,
     /// Longest a client may stay idle inside a transaction; 0 = no limit.
     #[serde(with = "humantime_serde")]
     pub idle_transaction_timeout: Duration,
@@ -177,6 +181,7 @@ impl Default for TenantDefaults {
             auth_type: AuthType::ScramSha256,
             max_prepared_statements: 200,
             query_timeout: Duration::ZERO,
+            query_cancel_grace: Duration::from_secs(1),
             idle_transaction_timeout: Duration::ZERO,
             client_idle_timeout: Duration::ZERO,
             server_idle_timeout: Duration::from_secs(600),
@@ -200,6 +205,14 @@ pub struct Cluster {
     /// limit. Opening connections is what costs the server CPU.
     #[serde(default)]
     pub max_connects_per_second: u32,
+    /// TCP keepalive on server connections: idle time before the first probe (probes
+    /// then every 10 s, 6 at most); 0 = off.
+    #[serde(default = "default_server_tcp_keepalive", with = "humantime_serde")]
+    pub server_tcp_keepalive: Duration,
+    /// `TCP_USER_TIMEOUT` on server connections: data unacknowledged this long ends the
+    /// connection, so a peer that vanished is noticed; 0 = the kernel's default.
+    #[serde(default = "default_server_tcp_user_timeout", with = "humantime_serde")]
+    pub server_tcp_user_timeout: Duration,
     /// TLS towards this server.
     #[serde(default)]
     pub tls: ServerTlsMode,
@@ -314,6 +327,14 @@ fn default_max_server_connections() -> u32 {
     80
 }
 
+fn default_server_tcp_keepalive() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_server_tcp_user_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
 /// `[[tenants]]`: one (database, user) pair clients log in as. Every
 /// `Option` limit left out is taken from `[defaults]`; see
 /// [`TenantConfig::effective`].
@@ -352,6 +373,8 @@ pub struct TenantConfig {
     pub max_prepared_statements: Option<u32>,
     #[serde(default, with = "humantime_serde")]
     pub query_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub query_cancel_grace: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub idle_transaction_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
@@ -394,6 +417,7 @@ pub struct TenantSettings {
     pub max_prepared_statements: u32,
     /// `Duration::ZERO` means no limit, for this and the other timeouts below.
     pub query_timeout: Duration,
+    pub query_cancel_grace: Duration,
     pub idle_transaction_timeout: Duration,
     pub client_idle_timeout: Duration,
     pub server_idle_timeout: Duration,
@@ -430,6 +454,7 @@ impl TenantDefaults {
             auth_type: None,
             max_prepared_statements: None,
             query_timeout: None,
+            query_cancel_grace: None,
             idle_transaction_timeout: None,
             client_idle_timeout: None,
             server_idle_timeout: None,
@@ -497,6 +522,9 @@ impl TenantConfig {
                 .max_prepared_statements
                 .unwrap_or(defaults.max_prepared_statements),
             query_timeout: self.query_timeout.unwrap_or(defaults.query_timeout),
+            query_cancel_grace: self
+                .query_cancel_grace
+                .unwrap_or(defaults.query_cancel_grace),
             idle_transaction_timeout: self
                 .idle_transaction_timeout
                 .unwrap_or(defaults.idle_transaction_timeout),

@@ -47,16 +47,21 @@ impl Stream {
         matches!(self, Stream::ClientTls(_) | Stream::ServerTls(_))
     }
 
-    /// True when nothing has arrived on the socket and it is still open, checked without
-    /// waiting and without consuming anything (a peek at the TCP socket).
-    pub fn is_idle_and_open(&self) -> bool {
-        let Some(tcp) = self.tcp() else {
-            return false;
-        };
+    /// True when nothing has arrived and the connection is still open, checked without
+    /// waiting. Plain TCP is peeked at, consuming nothing. Under TLS, plaintext rustls has
+    /// already decrypted is invisible to the socket, so the stream itself is polled once:
+    /// a byte read means the connection had leftovers and is not reused anyway.
+    pub fn is_idle_and_open(&mut self) -> bool {
         let mut probe = [0u8; 1];
         let mut probe = ReadBuf::new(&mut probe);
         let mut cx = Context::from_waker(Waker::noop());
-        matches!(tcp.poll_peek(&mut cx, &mut probe), Poll::Pending)
+        match self {
+            Stream::Plain(tcp) => tcp.poll_peek(&mut cx, &mut probe).is_pending(),
+            Stream::ClientTls(_) | Stream::ServerTls(_) => {
+                Pin::new(self).poll_read(&mut cx, &mut probe).is_pending()
+            }
+            Stream::Closed => false,
+        }
     }
 
     /// The first byte the client will send, without consuming it.
@@ -129,5 +134,88 @@ impl AsyncWrite for Stream {
             Stream::ServerTls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Stream::Closed => Poll::Ready(Ok(())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A TLS client connection to an in-process TLS server, and the server's end.
+    async fn tls_pair() -> (Stream, tokio_rustls::server::TlsStream<TcpStream>) {
+        let key = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let cert = CertificateDer::from(key.cert.der().to_vec());
+        let private = PrivateKeyDer::try_from(key.key_pair.serialize_der()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server_config = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], private)
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert).unwrap();
+        let client_config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            acceptor.accept(tcp).await.unwrap()
+        });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
+        let name = ServerName::try_from("localhost").unwrap();
+        let client = connector.connect(name, tcp).await.unwrap();
+        (Stream::ServerTls(Box::new(client)), server.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn plaintext_rustls_holds_is_a_leftover() {
+        let (mut client, mut server) = tls_pair().await;
+        // A first message read whole (with the session tickets TLS 1.3 sends after the
+        // handshake): nothing is left anywhere.
+        server.write_all(b"hello").await.unwrap();
+        server.flush().await.unwrap();
+        let mut hello = [0u8; 5];
+        client.read_exact(&mut hello).await.unwrap();
+        assert!(client.is_idle_and_open(), "everything sent was read");
+        // Two messages in one write; the client reads only the first byte, so the rest
+        // waits decrypted inside rustls with nothing left on the socket.
+        server.write_all(b"Z....N....").await.unwrap();
+        server.flush().await.unwrap();
+        let mut first = [0u8; 1];
+        client.read_exact(&mut first).await.unwrap();
+        assert!(
+            client
+                .tcp()
+                .unwrap()
+                .poll_peek(
+                    &mut Context::from_waker(Waker::noop()),
+                    &mut ReadBuf::new(&mut [0u8; 1])
+                )
+                .is_pending(),
+            "the socket itself is drained"
+        );
+        assert!(!client.is_idle_and_open(), "the buffered plaintext is seen");
+    }
+
+    #[tokio::test]
+    async fn a_closed_tls_connection_is_not_idle() {
+        let (mut client, mut server) = tls_pair().await;
+        server.shutdown().await.unwrap();
+        drop(server);
+        // Wait until the close has arrived.
+        let tcp = client.tcp().unwrap();
+        tcp.readable().await.unwrap();
+        assert!(!client.is_idle_and_open());
     }
 }

@@ -7,8 +7,9 @@
 
 use super::budget::Budget;
 use crate::config;
+use crate::server::TcpOptions;
 use crate::tls::{ServerTls, TlsError};
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -25,10 +26,14 @@ pub enum Disconnect {
     Evicted,
     /// Given up on return: other tenants were waiting for the budget, or it shrank.
     Yielded,
+    /// The server sent what answered nothing sent to it.
+    OutOfSync,
+    /// The server did not answer in time (a query_timeout cancel, a parameter sync).
+    Stalled,
 }
 
 impl Disconnect {
-    const ALL: [Disconnect; 7] = [
+    const ALL: [Disconnect; 9] = [
         Disconnect::IdleTimeout,
         Disconnect::Lifetime,
         Disconnect::Broken,
@@ -36,6 +41,8 @@ impl Disconnect {
         Disconnect::Removed,
         Disconnect::Evicted,
         Disconnect::Yielded,
+        Disconnect::OutOfSync,
+        Disconnect::Stalled,
     ];
 
     fn as_str(self) -> &'static str {
@@ -47,6 +54,8 @@ impl Disconnect {
             Disconnect::Removed => "removed",
             Disconnect::Evicted => "evicted",
             Disconnect::Yielded => "yielded",
+            Disconnect::OutOfSync => "out_of_sync",
+            Disconnect::Stalled => "stalled",
         }
     }
 }
@@ -58,7 +67,9 @@ pub struct ClusterMetrics {
     pub transaction: Histogram,
     pub connects: Counter,
     pub connect_failures: Counter,
-    disconnects: [Counter; 7],
+    /// Server connections closed because they went out of sync with their client.
+    pub out_of_sync: Counter,
+    disconnects: [Counter; 9],
     used: Gauge,
     queued: Gauge,
     up: Gauge,
@@ -75,6 +86,8 @@ pub struct Cluster {
     /// How new connections to this server are secured; `None` for plain TCP. Rebuilt
     /// on every reload, so a rotated CA file is read again.
     pub tls: ArcSwapOption<ServerTls>,
+    /// Socket options of new connections; replaced on reload.
+    pub tcp: ArcSwap<TcpOptions>,
     pub host: String,
     pub port: u16,
     pub budget: Arc<Budget>,
@@ -99,6 +112,10 @@ impl Cluster {
             connects: counter!("sluice_server_connects_total", std::slice::from_ref(&label)),
             connect_failures: counter!(
                 "sluice_server_connect_failures_total",
+                std::slice::from_ref(&label)
+            ),
+            out_of_sync: counter!(
+                "sluice_server_out_of_sync_total",
                 std::slice::from_ref(&label)
             ),
             disconnects: Disconnect::ALL.map(|reason| {
@@ -126,6 +143,7 @@ impl Cluster {
         Ok(Arc::new(Cluster {
             name: name.to_owned(),
             tls: ArcSwapOption::new(tls),
+            tcp: ArcSwap::from_pointee(tcp_options(config)),
             host: config.host.clone(),
             port: config.port,
             budget: Budget::new(
@@ -142,9 +160,10 @@ impl Cluster {
         self.host == config.host && self.port == config.port
     }
 
-    /// Applies the TLS settings of a reloaded configuration to new connections.
-    pub fn reload_tls(&self, config: &config::Cluster) -> Result<(), TlsError> {
+    /// Applies the TLS and socket settings of a reloaded configuration to new connections.
+    pub fn reload_connection_settings(&self, config: &config::Cluster) -> Result<(), TlsError> {
         self.tls.store(ServerTls::load(config)?);
+        self.tcp.store(Arc::new(tcp_options(config)));
         Ok(())
     }
 
@@ -183,5 +202,12 @@ impl Cluster {
     /// False after a failed connect, until a connect succeeds again.
     pub fn is_reachable(&self) -> bool {
         self.reachable.load(Ordering::Relaxed)
+    }
+}
+
+fn tcp_options(config: &config::Cluster) -> TcpOptions {
+    TcpOptions {
+        keepalive: config.server_tcp_keepalive,
+        user_timeout: config.server_tcp_user_timeout,
     }
 }

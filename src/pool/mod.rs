@@ -21,8 +21,10 @@ pub mod cluster;
 pub mod maintenance;
 
 use crate::locks::lock;
+use crate::server::parameters::Parameters;
 use crate::server::{connect, ConnectError, ServerConn, ServerTarget};
 use crate::stats::{ServerRegistry, TenantStats};
+use arc_swap::ArcSwapOption;
 use budget::{Budget, Claimant, Membership, OldestIdle, Slot, WhenFull, YIELD_AFTER};
 use cluster::{Cluster, Disconnect};
 use std::collections::VecDeque;
@@ -68,6 +70,8 @@ pub struct Shared {
 pub struct Pool {
     /// This pool in its cluster's budget.
     membership: Membership,
+    /// What the server reported at the latest login: a failover or an upgrade changes it.
+    login_parameters: ArcSwapOption<Parameters>,
     target: ServerTarget,
     shared: Shared,
     limits: Limits,
@@ -218,6 +222,7 @@ impl Pool {
     pub fn new(target: ServerTarget, shared: Shared, limits: Limits) -> Arc<Self> {
         Arc::new(Pool {
             membership: Membership::default(),
+            login_parameters: ArcSwapOption::empty(),
             target,
             shared,
             limits,
@@ -263,6 +268,11 @@ impl Pool {
             slot,
             pool: Arc::downgrade(self),
         }
+    }
+
+    /// The parameters the server reported at this pool's latest login, once it has had one.
+    pub fn login_parameters(&self) -> Option<Arc<Parameters>> {
+        self.login_parameters.load_full()
     }
 
     pub fn status(&self) -> Status {
@@ -326,9 +336,9 @@ impl Pool {
     fn take_or_wait(self: &Arc<Self>) -> Ready {
         loop {
             let mut state = self.lock();
-            if let Some(idle) = state.idle.pop_back() {
+            if let Some(mut idle) = state.idle.pop_back() {
                 drop(state);
-                match self.unusable(&idle.conn.conn) {
+                match self.unusable(&mut idle.conn.conn) {
                     None => return Ready::Idle(idle.conn),
                     Some(reason) => {
                         self.shared.cluster.metrics.disconnected(reason);
@@ -421,19 +431,26 @@ impl Pool {
         } = &self.shared;
         let connecting = Connecting::start(&stats.servers_connecting);
         let opened = match tokio::time::timeout_at(deadline.into(), cluster.budget.pace()).await {
-            Ok(()) => connect(&self.target, cluster.tls.load_full(), servers)
-                .await
-                .map(|conn| Pooled {
-                    conn,
-                    _place: place,
-                })
-                .map_err(CheckoutError::Connect),
+            Ok(()) => connect(
+                &self.target,
+                cluster.tls.load_full(),
+                **cluster.tcp.load(),
+                servers,
+            )
+            .await
+            .map(|conn| Pooled {
+                conn,
+                _place: place,
+            })
+            .map_err(CheckoutError::Connect),
             Err(_) => Err(CheckoutError::Timeout),
         };
         drop(connecting);
         match opened {
             Ok(conn) => {
                 cluster.connect_succeeded();
+                self.login_parameters
+                    .store(Some(conn.conn.params.login.clone()));
                 Ok(self.lease(conn))
             }
             Err(CheckoutError::Connect(e)) => {
@@ -445,7 +462,7 @@ impl Pool {
     }
 
     /// Why an idle or returned connection must not be reused, if it must not.
-    fn unusable(&self, conn: &ServerConn) -> Option<Disconnect> {
+    fn unusable(&self, conn: &mut ServerConn) -> Option<Disconnect> {
         let lifetime = self.limits.lifetime;
         if !lifetime.is_zero() && conn.opened_at.elapsed() >= lifetime {
             Some(Disconnect::Lifetime)
@@ -463,9 +480,9 @@ impl Pool {
     /// connection for [`YIELD_AFTER`]. Until then the connection stays with the tenant,
     /// idle if no client of it waits, where a queued tenant may evict it (see
     /// `Budget::make_room`).
-    fn give_back(self: &Arc<Self>, conn: Pooled) {
+    fn give_back(self: &Arc<Self>, mut conn: Pooled) {
         let metrics = &self.shared.cluster.metrics;
-        if let Some(reason) = self.unusable(&conn.conn) {
+        if let Some(reason) = self.unusable(&mut conn.conn) {
             metrics.disconnected(reason);
             return;
         }

@@ -20,6 +20,7 @@ use crate::tls::ServerTls;
 use arc_swap::ArcSwapOption;
 use bytes::BytesMut;
 use sluice_protocol::backend::{self, AuthRequest};
+use sluice_protocol::exchange::Exchange;
 use sluice_protocol::frame::MAX_LOGIN_MESSAGE_LEN;
 use sluice_protocol::frontend;
 use sluice_protocol::md5::md5_client_response;
@@ -32,6 +33,34 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// Socket options of server connections, so that a peer that vanished is noticed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpOptions {
+    /// Idle time before the first keepalive probe; zero: no keepalive.
+    pub keepalive: Duration,
+    /// `TCP_USER_TIMEOUT`; zero: the kernel's default.
+    pub user_timeout: Duration,
+}
+
+/// Between keepalive probes, and how many go unanswered before the connection is dropped.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_RETRIES: u32 = 6;
+
+impl TcpOptions {
+    fn apply(&self, tcp: &TcpStream) -> std::io::Result<()> {
+        let socket = socket2::SockRef::from(tcp);
+        if !self.keepalive.is_zero() {
+            socket.set_tcp_keepalive(
+                &socket2::TcpKeepalive::new()
+                    .with_time(self.keepalive)
+                    .with_interval(KEEPALIVE_INTERVAL)
+                    .with_retries(KEEPALIVE_RETRIES),
+            )?;
+        }
+        socket.set_tcp_user_timeout(Some(self.user_timeout))
+    }
+}
 
 /// Where and as whom a tenant's server connections log in.
 #[derive(Clone)]
@@ -203,9 +232,10 @@ impl From<std::io::Error> for ConnectError {
 pub async fn connect(
     target: &ServerTarget,
     tls: Option<Arc<ServerTls>>,
+    tcp: TcpOptions,
     registry: &Arc<ServerRegistry>,
 ) -> Result<ServerConn, ConnectError> {
-    let opened = login(target, tls, registry);
+    let opened = login(target, tls, tcp, registry);
     match tokio::time::timeout(target.connect_timeout, opened).await {
         Ok(result) => result,
         Err(_) => Err(ConnectError::Timeout(format!("{target:?}"))),
@@ -215,6 +245,7 @@ pub async fn connect(
 async fn login(
     target: &ServerTarget,
     tls: Option<Arc<ServerTls>>,
+    tcp_options: TcpOptions,
     registry: &Arc<ServerRegistry>,
 ) -> Result<ServerConn, ConnectError> {
     let tcp = TcpStream::connect((target.host.as_str(), target.port))
@@ -224,6 +255,7 @@ async fn login(
             source,
         })?;
     tcp.set_nodelay(true)?;
+    tcp_options.apply(&tcp)?;
     let addr = tcp.peer_addr()?;
     let mut stream = match tls {
         Some(tls) => negotiate_tls(tcp, &tls).await?,
@@ -272,6 +304,7 @@ async fn login(
         addr,
         params: ServerParameters::new(parameters),
         statements: ServerStatements::new(),
+        exchange: Exchange::new(),
         opened_at: Instant::now(),
     })
 }

@@ -1,7 +1,7 @@
 //! Session parameters (GUCs) as sets of values ([`Parameters`], copy-on-write and shared
 //! between equal sets), what one server connection's session has ([`ServerParameters`]:
 //! the values it reported at login and what it has now), and the SQL that makes it have
-//! what a client wants (`sync_sql`).
+//! what a client wants (`sync`).
 //!
 //! Which values a client wants is the session's business (`session::parameters`); this
 //! module only compares and sets. It depends on nothing in the crate but `locks`.
@@ -160,6 +160,31 @@ impl RecentSets {
     }
 }
 
+/// Parameters a server reports that describe it and that no session can set (trying
+/// fails with 55P02): a failover or an upgrade changes them, a SET never does.
+const READ_ONLY: [&str; 6] = [
+    "server_version",
+    "server_encoding",
+    "integer_datetimes",
+    "in_hot_standby",
+    "is_superuser",
+    "session_authorization",
+];
+
+/// True unless `name` is one of the read-only parameters a server reports.
+pub fn is_settable(name: &str) -> bool {
+    !READ_ONLY.iter().any(|r| r.eq_ignore_ascii_case(name))
+}
+
+/// What [`ServerParameters::sync`] found to do.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Sync {
+    /// SQL that sets the settings that differ, if any do.
+    pub sql: Option<String>,
+    /// Read-only parameters whose value the client must now be told.
+    pub report: Vec<(String, String)>,
+}
+
 /// What a server connection's session has: the values it reported at login, and what
 /// it has now as far as sluice knows (reported changes plus what sluice set).
 pub struct ServerParameters {
@@ -180,20 +205,37 @@ impl ServerParameters {
         self.current = (*self.login).clone();
     }
 
-    /// SQL that makes this session's settings what `desired` asks for, or `None` when
-    /// they already are. Records the new values as if the SQL succeeded.
-    pub fn sync_sql(&mut self, desired: &mut Parameters) -> Option<String> {
+    /// What the session has is unknown (a statement sluice could not read may have
+    /// changed anything): the next sync sets every setting a client wants.
+    pub fn forget_all(&mut self) {
+        self.current = Parameters::default();
+    }
+
+    /// What makes this session's settings what `desired` asks for: SQL for the settings
+    /// that differ (recorded as if it succeeded), and the server-describing values
+    /// (read-only, see [`is_settable`]) that differ from what the client was told, which
+    /// `desired` takes over and the client must be sent as ParameterStatus.
+    pub fn sync(&mut self, desired: &mut Parameters) -> Sync {
         if self.current == *desired {
             // The common case on every lease: nothing to compare name by name, and from
             // now on not even the maps.
             self.current.share(desired);
-            return None;
+            return Sync::default();
         }
         let mut set = Vec::new();
+        let mut report = Vec::new();
         for (name, value) in desired.iter() {
-            if self.current.get(name) != Some(value) {
-                set.push((name.to_owned(), value.to_owned()));
+            match self.current.get(name) {
+                Some(current) if current == value => {}
+                Some(current) if !is_settable(name) => {
+                    report.push((name.to_owned(), current.to_owned()));
+                }
+                _ if is_settable(name) => set.push((name.to_owned(), value.to_owned())),
+                _ => {}
             }
+        }
+        for (name, value) in &report {
+            desired.set(name, value);
         }
         // Settings an earlier client had sluice make, which this client did not ask for.
         let reset: Vec<String> = self
@@ -201,11 +243,9 @@ impl ServerParameters {
             .iter()
             .map(|(name, _)| name)
             .filter(|name| !self.login.contains(name) && !desired.contains(name))
+            .filter(|name| is_settable(name))
             .map(str::to_owned)
             .collect();
-        if set.is_empty() && reset.is_empty() {
-            return None;
-        }
         let mut sql = String::new();
         if !set.is_empty() {
             sql.push_str("SELECT ");
@@ -225,7 +265,10 @@ impl ServerParameters {
             let _ = write!(sql, "RESET {};", identifier(&name));
             self.current.remove(&name);
         }
-        Some(sql)
+        Sync {
+            sql: (!sql.is_empty()).then_some(sql),
+            report,
+        }
     }
 }
 
@@ -257,21 +300,21 @@ mod tests {
         let mut first = login.clone();
         first.set("application_name", "it's");
         first.set("search_path", "s_a");
-        let sql = server.sync_sql(&mut first).unwrap();
+        let sql = server.sync(&mut first).sql.unwrap();
         assert_eq!(
             sql,
             "SELECT pg_catalog.set_config($s$application_name$s$, $s$it's$s$, false), \
              pg_catalog.set_config($s$search_path$s$, $s$s_a$s$, false);"
         );
-        assert_eq!(server.sync_sql(&mut first), None, "already in sync");
+        assert_eq!(server.sync(&mut first), Sync::default(), "already in sync");
         let mut second = login.clone();
-        let sql = server.sync_sql(&mut second).unwrap();
+        let sql = server.sync(&mut second).sql.unwrap();
         assert!(
             sql.contains("set_config($s$application_name$s$, $s$$s$, false)"),
             "{sql}"
         );
         assert!(sql.ends_with("RESET \"search_path\";"), "{sql}");
-        assert_eq!(server.sync_sql(&mut second), None);
+        assert_eq!(server.sync(&mut second), Sync::default());
     }
 
     #[test]
@@ -280,7 +323,7 @@ mod tests {
         let mut server = ServerParameters::new(login.clone());
         let mut client = params(&[("TimeZone", "UTC"), ("application_name", "")]);
         assert!(!Arc::ptr_eq(&server.current.values, &client.values));
-        assert_eq!(server.sync_sql(&mut client), None);
+        assert_eq!(server.sync(&mut client), Sync::default());
         assert!(Arc::ptr_eq(&server.current.values, &client.values));
         client.set("application_name", "app");
         assert_eq!(server.current.get("application_name"), Some(""));
@@ -302,6 +345,23 @@ mod tests {
         let mut third = params(&[("application_name", "app")]);
         recent.share(&mut third);
         assert_eq!(third.get("application_name"), Some("app"));
+    }
+
+    #[test]
+    fn read_only_parameters_are_reported_to_the_client_never_set() {
+        // The client was greeted by a standby; its connection now is to the promoted one.
+        let mut client = params(&[("in_hot_standby", "on"), ("TimeZone", "UTC")]);
+        let login = params(&[("in_hot_standby", "off"), ("TimeZone", "UTC")]);
+        let mut server = ServerParameters::new(login);
+        let sync = server.sync(&mut client);
+        assert_eq!(sync.sql, None, "nothing a session could set differs");
+        assert_eq!(
+            sync.report,
+            [("in_hot_standby".to_owned(), "off".to_owned())]
+        );
+        assert_eq!(client.get("in_hot_standby"), Some("off"));
+        assert_eq!(server.sync(&mut client), Sync::default());
+        assert!(!is_settable("Server_Version") && is_settable("search_path"));
     }
 
     #[test]

@@ -1,43 +1,32 @@
 //! Making a server connection clean again after its client left it in an unknown state:
-//! mid-query, mid-COPY, inside a transaction, or (session mode) with session state.
+//! mid-query, mid-COPY, inside an extended-query batch or a transaction, or (session mode)
+//! with session state.
 //!
-//! The connection goes back to the pool only if every step succeeds and the server
-//! reports an idle transaction status; otherwise the caller closes it. PostgreSQL then
-//! rolls back whatever was open, so a failed reset never leaks state either.
+//! The connection's [`Exchange`](sluice_protocol::exchange::Exchange) says what is owed,
+//! the same record the relay kept: the reset ends a COPY FROM STDIN with CopyFail, a batch
+//! with a failing message and a Sync, cancels what still runs, reads every answer through
+//! the same model, rolls back, and (session mode) runs `DISCARD ALL`. The connection goes
+//! back to the pool only if the model ends idle; otherwise the caller closes it, and
+//! PostgreSQL rolls back whatever was open, so a failed reset never leaks state either.
 //!
-//! Works on one connection it is handed; whether it goes back to the pool is the caller's call.
+//! Works on one connection it is handed; whether it goes back to the pool is the caller's
+//! call. Everything, the client's unsent bytes included, runs within [`RESET_TIMEOUT`].
 
 use super::cancel::cancel_query;
-use super::ServerConn;
+use super::{BackendError, ServerConn};
 use crate::net::flush;
 use bytes::{Buf, BytesMut};
-use sluice_protocol::backend::parse_parameter_status;
+use sluice_protocol::exchange::{Answer, Phase, TransactionStatus};
 use sluice_protocol::extended::encode_target;
-use sluice_protocol::frame::{backend_header, HEADER_LEN};
 use sluice_protocol::frontend;
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A portal that never exists: describing it fails the abandoned batch.
 const ABANDONED_PORTAL: &[u8] = b"sluice: client disconnected";
 
 /// How long a reset may take before the connection is closed instead.
 pub const RESET_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// What the departing client left running on the connection.
-#[derive(Debug, Clone, Copy)]
-pub struct InFlight {
-    /// ReadyForQuery messages still owed by the server (one per Query, Sync, FunctionCall).
-    pub pending_ready: u32,
-    /// Extended-protocol messages were sent after the last Sync.
-    pub unsynced: bool,
-    /// The server is waiting for COPY data from the client.
-    pub copy_in: bool,
-    /// A message was only partly sent to the server: the stream cannot be resumed.
-    pub partial_message: bool,
-    /// Transaction status from the last ReadyForQuery ('I', 'T' or 'E').
-    pub status: u8,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResetError {
@@ -47,22 +36,28 @@ pub enum ResetError {
     Timeout,
     #[error("server connection failed during reset: {0}")]
     Io(#[from] std::io::Error),
-    #[error("server sent a malformed message during reset: {0}")]
-    Protocol(#[from] sluice_protocol::ProtocolError),
-    #[error("server stayed in transaction status '{}' after reset", char::from(*.0))]
-    NotIdle(u8),
+    #[error("during reset: {0}")]
+    Backend(#[from] BackendError),
+    #[error("server stayed in transaction status '{}' after reset", char::from(.0.as_byte()))]
+    NotIdle(TransactionStatus),
     #[error("server entered a COPY BOTH stream during reset")]
     CopyBoth,
 }
 
-/// Brings `conn` back to an idle session: cancels and drains what is running, ends an
-/// open transaction, and with `discard_all` also drops session state (`DISCARD ALL`).
+/// Brings `conn` back to an idle session. `unsent` are complete client messages the
+/// relay already recorded in the exchange but had not written; `partial` says a message
+/// was only partly written (the stream cannot be resumed). With `discard_all` also drops
+/// session state (`DISCARD ALL`).
 pub async fn reset(
     conn: &mut ServerConn,
-    in_flight: InFlight,
+    unsent: &[u8],
+    partial: bool,
     discard_all: bool,
 ) -> Result<(), ResetError> {
-    match tokio::time::timeout(RESET_TIMEOUT, reset_steps(conn, in_flight, discard_all)).await {
+    if partial {
+        return Err(ResetError::PartialMessage);
+    }
+    match tokio::time::timeout(RESET_TIMEOUT, reset_steps(conn, unsent, discard_all)).await {
         Ok(result) => result,
         Err(_) => Err(ResetError::Timeout),
     }
@@ -70,108 +65,100 @@ pub async fn reset(
 
 async fn reset_steps(
     conn: &mut ServerConn,
-    mut in_flight: InFlight,
+    unsent: &[u8],
     discard_all: bool,
 ) -> Result<(), ResetError> {
-    if in_flight.partial_message {
-        return Err(ResetError::PartialMessage);
-    }
+    conn.stream.write_all(unsent).await?;
     let mut out = BytesMut::new();
-    if in_flight.copy_in {
-        frontend::encode_copy_fail(&mut out, "client disconnected");
+    let copying = conn.exchange.awaits_copy_data();
+    if copying {
+        fail_copy(conn, &mut out);
     }
-    if in_flight.unsynced {
+    if conn.exchange.needs_sync() {
         // A bare Sync would commit the implicit transaction of the unfinished batch; a
         // failing message first makes the server roll it back, as PostgreSQL does for a
         // client that disconnects mid-batch.
         encode_target(&mut out, b'D', b'P', ABANDONED_PORTAL);
+        sent(conn, b'D');
         frontend::encode_sync(&mut out);
-        in_flight.pending_ready += 1;
+        sent(conn, b'S');
     }
     flush(&mut conn.stream, &mut out).await?;
-    let mut status = in_flight.status;
-    if in_flight.pending_ready > 0 {
-        if !in_flight.copy_in {
-            cancel_query(conn.addr, conn.cancel_key).await?;
-        }
-        status = drain(conn, in_flight.pending_ready).await?;
+    if conn.exchange.is_busy() && !copying {
+        cancel_query(conn.addr, conn.cancel_key).await?;
     }
-    if status != b'I' {
-        frontend::encode_query(&mut out, "ROLLBACK");
-        flush(&mut conn.stream, &mut out).await?;
-        status = drain(conn, 1).await?;
+    drain(conn).await?;
+    if conn.exchange.status() != TransactionStatus::Idle {
+        run(conn, "ROLLBACK").await?;
     }
-    if discard_all && status == b'I' {
-        frontend::encode_query(&mut out, "DISCARD ALL");
-        flush(&mut conn.stream, &mut out).await?;
-        status = drain(conn, 1).await?;
+    if discard_all && conn.exchange.status() == TransactionStatus::Idle {
+        run(conn, "DISCARD ALL").await?;
         conn.params.reset_to_login();
         conn.statements.clear();
     }
-    if status == b'I' {
-        Ok(())
-    } else {
-        Err(ResetError::NotIdle(status))
+    match conn.exchange.status() {
+        TransactionStatus::Idle if conn.exchange.is_idle() => Ok(()),
+        status => Err(ResetError::NotIdle(status)),
     }
 }
 
-/// Discards server output until `pending` ReadyForQuery messages have arrived; returns
-/// the last transaction status. Answers a COPY FROM STDIN that starts meanwhile with
-/// CopyFail. Bodies are skipped as they stream in, never buffered whole.
-async fn drain(conn: &mut ServerConn, mut pending: u32) -> Result<u8, ResetError> {
-    let buf = &mut conn.read_buf;
+/// Records a message the reset sends.
+fn sent(conn: &mut ServerConn, tag: u8) {
+    // Only the query-phase messages the model knows are sent here.
+    let _request = conn
+        .exchange
+        .frontend(tag)
+        .expect("the reset sends query-phase messages only");
+}
+
+/// Ends a COPY FROM STDIN the client left unfinished.
+fn fail_copy(conn: &mut ServerConn, out: &mut BytesMut) {
+    frontend::encode_copy_fail(out, "client disconnected");
+    sent(conn, b'f');
+}
+
+/// Runs one simple query and reads its answers.
+async fn run(conn: &mut ServerConn, sql: &str) -> Result<(), ResetError> {
+    let mut out = BytesMut::new();
+    frontend::encode_query(&mut out, sql);
+    sent(conn, b'Q');
+    flush(&mut conn.stream, &mut out).await?;
+    drain(conn).await
+}
+
+/// Discards server output until the server owes nothing more, every message taken through
+/// the connection's exchange. Answers a COPY FROM STDIN that starts meanwhile with
+/// CopyFail. Bodies are skipped as they stream in, never buffered whole (but for the small
+/// ReadyForQuery and ParameterStatus).
+async fn drain(conn: &mut ServerConn) -> Result<(), ResetError> {
     let mut skip = 0usize;
-    loop {
-        loop {
-            if skip > 0 {
-                let n = skip.min(buf.len());
-                buf.advance(n);
-                skip -= n;
-                if skip > 0 {
-                    break;
-                }
-            }
-            let Some(header) = backend_header(buf)? else {
-                break;
-            };
-            match header.tag {
-                b'Z' => {
-                    if buf.len() < 6 {
-                        break;
-                    }
-                    let status = buf[5];
-                    buf.advance(6);
-                    pending -= 1;
-                    if pending == 0 {
-                        return Ok(status);
-                    }
-                    continue;
-                }
-                b'G' => {
+    while conn.exchange.is_busy() {
+        if conn.exchange.phase() == Phase::CopyBoth {
+            return Err(ResetError::CopyBoth);
+        }
+        if skip > 0 {
+            let n = skip.min(conn.read_buf.len());
+            conn.read_buf.advance(n);
+            skip -= n;
+        }
+        if skip == 0 {
+            if let Some((header, answer)) = conn.take_backend(0)? {
+                if let Answer::CopyIn { .. } = answer {
                     let mut out = BytesMut::new();
-                    frontend::encode_copy_fail(&mut out, "client disconnected");
+                    fail_copy(conn, &mut out);
                     flush(&mut conn.stream, &mut out).await?;
                 }
-                b'W' => return Err(ResetError::CopyBoth),
-                b'S' => {
-                    // A rolled-back SET: keep the record of the session's values true.
-                    let whole = header.message_len();
-                    if buf.len() < whole {
-                        break;
-                    }
-                    let (name, value) = parse_parameter_status(&buf[HEADER_LEN..whole])?;
-                    conn.params.current.set(name, value);
-                    buf.advance(whole);
-                    continue;
-                }
-                _ => {}
+                let whole = header.message_len();
+                let here = whole.min(conn.read_buf.len());
+                conn.read_buf.advance(here);
+                skip = whole - here;
+                continue;
             }
-            buf.advance(5);
-            skip = header.body_len;
         }
-        buf.reserve(super::SERVER_READ_CHUNK);
-        if conn.stream.read_buf(buf).await? == 0 {
+        conn.read_buf.reserve(super::SERVER_READ_CHUNK);
+        if conn.stream.read_buf(&mut conn.read_buf).await? == 0 {
             return Err(ResetError::Io(std::io::ErrorKind::UnexpectedEof.into()));
         }
     }
+    Ok(())
 }

@@ -6,6 +6,7 @@
 //! The listener dispatches here; the session never sees admin logins or cancel requests,
 //! and the console never sees a session.
 
+mod effects;
 mod login;
 mod parameters;
 mod relay;
@@ -60,7 +61,7 @@ pub async fn greet(
     // server connection, or taken from one leased now (and kept, in session mode).
     let mut leased = None;
     let reported = match tenant.parameters() {
-        Some(reported) if !tenant.is_session_mode() => reported.clone(),
+        Some(reported) if !tenant.is_session_mode() => reported,
         _ => {
             let server = tenant
                 .pool
@@ -68,7 +69,6 @@ pub async fn greet(
                 .await
                 .map_err(|e| SessionError::from_checkout(&tenant.name(), wait, e))?;
             let reported = server.params.login.clone();
-            tenant.remember_parameters(&reported);
             if tenant.is_session_mode() {
                 leased = Some(server);
             }

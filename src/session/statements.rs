@@ -210,6 +210,11 @@ impl ResponseFilter {
         self.batches_sent += 1;
     }
 
+    /// `silenced` Syncs sent turned out to be COPY data: they end no batch.
+    pub fn syncs_silenced(&mut self, silenced: u32) {
+        self.batches_sent -= u64::from(silenced);
+    }
+
     /// ReadyForQuery arrived: the oldest open batch is complete. The client's own named
     /// statements whose Parse was refused or skipped are forgotten again.
     pub fn batch_done(&mut self, client: Option<&mut ClientStatements>) {

@@ -1,4 +1,5 @@
-//! Per-session timers: `query_timeout` (a query running too long is cancelled),
+//! Per-session timers: `query_timeout` (a query running too long is cancelled; if the
+//! server does not answer the cancel within `query_cancel_grace`, it is given up),
 //! `idle_transaction_timeout` and `client_idle_timeout` (a client silent too long inside
 //! or outside a transaction is disconnected). A zero setting turns a timer off, and then
 //! it costs nothing: no clock reads, no timer registrations.
@@ -12,13 +13,31 @@ use tokio::time::Instant;
 
 pub struct Timeouts {
     query: Duration,
+    cancel_grace: Duration,
     idle_in_transaction: Duration,
     client_idle: Duration,
     last_client_activity: Instant,
-    /// When the oldest unanswered request was sent, while `query` is on.
-    query_started: Option<Instant>,
-    /// A cancel was already sent for the current request.
-    query_cancelled: bool,
+    /// Where the oldest unanswered request stands, while `query` is on.
+    query_state: Query,
+}
+
+/// The oldest unanswered request, as `query_timeout` sees it.
+#[derive(Clone, Copy)]
+enum Query {
+    /// None, or the timer is off.
+    Answered,
+    /// Sent at this time.
+    Running(Instant),
+    /// Cancelled at this time for running too long.
+    Cancelled(Instant),
+}
+
+/// What a passed query deadline calls for.
+pub enum QueryDeadline {
+    /// Send the server a cancel.
+    Cancel,
+    /// The cancel went unanswered for the grace: give the server connection up.
+    GiveUp,
 }
 
 /// A point in time a session waits for, or none.
@@ -38,11 +57,11 @@ impl Timeouts {
     pub fn new(settings: &TenantSettings) -> Self {
         Timeouts {
             query: settings.query_timeout,
+            cancel_grace: settings.query_cancel_grace,
             idle_in_transaction: settings.idle_transaction_timeout,
             client_idle: settings.client_idle_timeout,
             last_client_activity: Instant::now(),
-            query_started: None,
-            query_cancelled: false,
+            query_state: Query::Answered,
         }
     }
 
@@ -53,34 +72,57 @@ impl Timeouts {
         }
     }
 
-    /// A request that the server answers with ReadyForQuery was sent; `pending` counts
-    /// them, this one included.
-    pub fn request_sent(&mut self, pending: u32) {
-        if pending == 1 && !self.query.is_zero() {
-            self.query_started = Some(Instant::now());
-            self.query_cancelled = false;
+    /// The server owes answers again after owing none: a request starts running.
+    pub fn request_sent(&mut self) {
+        if !self.query.is_zero() {
+            self.query_state = Query::Running(Instant::now());
         }
     }
 
-    /// A ReadyForQuery arrived; `pending` requests are still unanswered.
-    pub fn ready_received(&mut self, pending: u32) {
+    /// Everything sent is answered, without a ReadyForQuery (a batch left open).
+    pub fn answered(&mut self) {
+        self.query_state = Query::Answered;
+    }
+
+    /// A ReadyForQuery arrived; `still_busy` when requests are still unanswered (the next
+    /// one's time starts now).
+    pub fn ready_received(&mut self, still_busy: bool) {
         if self.query.is_zero() {
             return;
         }
-        self.query_started = (pending > 0).then(Instant::now);
-        self.query_cancelled = false;
+        self.query_state = if still_busy {
+            Query::Running(Instant::now())
+        } else {
+            Query::Answered
+        };
     }
 
-    /// When the running request must be cancelled.
+    /// When the running request must be cancelled, or its cancel given up on.
     pub fn query_deadline(&self) -> Option<Instant> {
-        if self.query_cancelled {
-            return None;
+        match self.query_state {
+            Query::Answered => None,
+            Query::Running(started) => Some(started + self.query),
+            Query::Cancelled(at) => Some(at + self.cancel_grace),
         }
-        self.query_started.map(|started| started + self.query)
     }
 
-    pub fn query_cancelled(&mut self) {
-        self.query_cancelled = true;
+    /// The query deadline passed: what to do about it.
+    pub fn query_deadline_passed(&mut self) -> QueryDeadline {
+        match self.query_state {
+            Query::Cancelled(_) => QueryDeadline::GiveUp,
+            _ => {
+                self.query_state = Query::Cancelled(Instant::now());
+                QueryDeadline::Cancel
+            }
+        }
+    }
+
+    /// The error for a client whose cancelled query the server never answered.
+    pub fn gave_up(&self) -> SessionError {
+        SessionError::QueryTimeout {
+            timeout: self.query,
+            grace: self.cancel_grace,
+        }
     }
 
     /// When a silent client is disconnected, inside or outside a transaction.

@@ -29,7 +29,7 @@ use sluice_protocol::md5::md5_password_hash;
 use sluice_protocol::scram::{ScramError, ScramSecret};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 /// Iterations for SCRAM verifiers sluice derives from plaintext passwords (PostgreSQL's default).
 const SCRAM_ITERATIONS: u32 = 4096;
@@ -59,8 +59,6 @@ pub struct Tenant {
     /// Started when a reload removes the tenant: its clients leave after their
     /// transaction.
     pub retired: Drain,
-    /// The parameters this tenant's server reports at login: the defaults clients start from.
-    parameters: OnceLock<Arc<Parameters>>,
 }
 
 /// A connected client counted against its tenant's `max_client_connections`.
@@ -136,7 +134,6 @@ impl Tenant {
             clients: AtomicU32::new(0),
             paused: AtomicBool::new(false),
             retired: Drain::default(),
-            parameters: OnceLock::new(),
         }
     }
 
@@ -167,12 +164,10 @@ impl Tenant {
         self.to_string()
     }
 
-    pub fn parameters(&self) -> Option<&Arc<Parameters>> {
-        self.parameters.get()
-    }
-
-    pub fn remember_parameters(&self, parameters: &Arc<Parameters>) {
-        let _ = self.parameters.set(parameters.clone());
+    /// The parameters the tenant's server reported at its latest login: the defaults
+    /// new clients start from (a failover or an upgrade changes them).
+    pub fn parameters(&self) -> Option<Arc<Parameters>> {
+        self.pool.login_parameters()
     }
 
     pub fn is_session_mode(&self) -> bool {

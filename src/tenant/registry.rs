@@ -57,7 +57,7 @@ impl Tenants {
                 .filter(|c| c.is_same_endpoint(settings));
             let cluster = match kept {
                 Some(cluster) => {
-                    cluster.reload_tls(settings)?;
+                    cluster.reload_connection_settings(settings)?;
                     cluster.resize(settings);
                     cluster.clone()
                 }

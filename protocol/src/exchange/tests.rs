@@ -225,16 +225,16 @@ fn notices_parameter_status_and_notifications_come_any_time() {
 #[test]
 fn answers_to_nothing_sent_are_out_of_sync() {
     for (fronts, backs, bad) in [
-        (&b""[..], &b""[..], b'D'),  // rows nobody asked for
-        (b"", b"", b'Z'),            // a ReadyForQuery nobody asked for
-        (b"Q", b"CZI", b'T'),        // after the query was answered
-        (b"P", b"", b'2'),           // BindComplete for a Parse
-        (b"Q", b"", b'1'),           // ParseComplete inside a simple query
-        (b"BE", b"2", b'V'),         // a function result for an Execute
-        (b"Q", b"T", b'R'),          // authentication after login
-        (b"Q", b"", b'd'),           // CopyData outside a COPY
-        (b"PBES", b"12", b'K'),      // BackendKeyData after login
-        (b"BES", b"2G", b'C'),       // CommandComplete before the client's CopyDone
+        (&b""[..], &b""[..], b'D'), // rows nobody asked for
+        (b"", b"", b'Z'),           // a ReadyForQuery nobody asked for
+        (b"Q", b"CZI", b'T'),       // after the query was answered
+        (b"P", b"", b'2'),          // BindComplete for a Parse
+        (b"Q", b"", b'1'),          // ParseComplete inside a simple query
+        (b"BE", b"2", b'V'),        // a function result for an Execute
+        (b"Q", b"T", b'R'),         // authentication after login
+        (b"Q", b"", b'd'),          // CopyData outside a COPY
+        (b"PBES", b"12", b'K'),     // BackendKeyData after login
+        (b"BES", b"2G", b'C'),      // CommandComplete before the client's CopyDone
     ] {
         let mut x = Exchange::new();
         run(&mut x, fronts, backs);
@@ -643,10 +643,18 @@ fn check(script: &Script, rng: &mut Rng, seed: u64) {
             .iter()
             .any(|b| b.after_front <= sent && !matches!(b.tag, b'A' | b'N'));
         if owed {
-            assert!(!x.is_idle(), "free while owed: {}", describe(sent, received));
+            assert!(
+                !x.is_idle(),
+                "free while owed: {}",
+                describe(sent, received)
+            );
         }
         if script.free_at.contains(&(sent, received)) {
-            assert!(x.is_idle(), "not free at a free point: {}", describe(sent, received));
+            assert!(
+                x.is_idle(),
+                "not free at a free point: {}",
+                describe(sent, received)
+            );
         }
     }
     assert_eq!(

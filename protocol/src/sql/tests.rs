@@ -36,15 +36,8 @@ fn words_strings_and_operators() {
     assert_eq!(
         words("select 1+2>=$1::int"),
         [
-            "select",
-            "other:1",
-            "other:+",
-            "other:2",
-            "other:>=",
-            "other:$1",
-            "punct::",
-            "punct::",
-            "int"
+            "select", "other:1", "other:+", "other:2", "other:>=", "other:$1", "punct::",
+            "punct::", "int"
         ]
     );
 }
@@ -70,14 +63,20 @@ fn quoting_rules() {
     // `$` continues an identifier: no dollar quote here.
     assert_eq!(words("a$$b"), ["a$$b"]);
     assert_eq!(words("U&'\\0041' U&\"x\""), ["str:U&'\\0041'", "\"x\""]);
-    assert_eq!(words("x'1f' b'01' n'n'"), ["str:x'1f'", "str:b'01'", "str:n'n'"]);
+    assert_eq!(
+        words("x'1f' b'01' n'n'"),
+        ["str:x'1f'", "str:b'01'", "str:n'n'"]
+    );
     assert_eq!(words("\"a\"\"b\""), ["\"a\"\"b\""]);
 }
 
 #[test]
 fn unterminated_quotes_and_comments_run_to_the_end() {
     assert_eq!(split("select 'a; discard all"), ["select 'a; discard all"]);
-    assert_eq!(split("select $x$ ; discard all"), ["select $x$ ; discard all"]);
+    assert_eq!(
+        split("select $x$ ; discard all"),
+        ["select $x$ ; discard all"]
+    );
     assert_eq!(split("select 1 /* ; discard all"), ["select 1"]);
     assert_eq!(words("\"unterminated"), ["\"unterminated\""]);
 }

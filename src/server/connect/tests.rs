@@ -98,7 +98,11 @@ async fn log_in(
         connect_timeout: Duration::from_secs(5),
     };
     let registry = Arc::new(ServerRegistry::default());
-    let connected = connect(&target, None, &registry).await.map(drop);
+    let tcp = TcpOptions {
+        keepalive: Duration::from_secs(60),
+        user_timeout: Duration::from_secs(60),
+    };
+    let connected = connect(&target, None, tcp, &registry).await.map(drop);
     (connected, server.await.unwrap())
 }
 

@@ -3,15 +3,20 @@
 //!
 //! Bytes are forwarded as they arrive, straight out of the read buffers; only message
 //! headers are looked at, plus the few messages the proxy must understand: the status
-//! byte of ReadyForQuery and, in transaction mode, the statement names of Parse, Bind,
-//! Describe and Close (renamed and prepared on demand, see `statements`). Other bodies
-//! are never buffered whole, so a huge row or COPY stream uses no more memory than a read.
+//! byte of ReadyForQuery, ParameterStatus, simple queries up to 64 KiB (for the statements
+//! in `effects`) and, in transaction mode, Parse, Bind, Describe and Close (renamed and
+//! prepared on demand, see `statements`). Other bodies are never buffered whole, so a huge
+//! row or COPY stream uses no more memory than a read.
 //!
-//! Transaction mode leases a server connection when the client sends something and
-//! gives it back when the server reports ReadyForQuery 'I' with nothing else owed;
-//! session mode keeps it until the client leaves. A client that leaves while its server
-//! connection is busy or inside a transaction hands it to `server::reset`, which makes
-//! it clean or closes it, so the next client never inherits its state.
+//! Every message in either direction goes through the server connection's
+//! [`Exchange`](sluice_protocol::exchange::Exchange): what it owes, its phase and its
+//! transaction status. A backend message that answers nothing sent closes the connection
+//! (it is out of sync) instead of reaching the client. Transaction mode leases a server
+//! connection when the client sends something and gives it back when the exchange is idle
+//! (nothing owed, no batch open, status 'I') and every byte has moved; session mode keeps
+//! it until the client leaves. A client that leaves while its server connection is not
+//! idle hands it to `server::reset`, which makes it clean or closes it, so the next client
+//! never inherits its state.
 //!
 //! Both directions are driven by one poll of both connections (`buffers::Ends`: writes
 //! first, then reads, through `poll_write`/`poll_read`), so a slow reader on one side never
@@ -31,10 +36,10 @@ use buffers::{
     give_back_read_buffer, reserve_for_read, take_read_buffer, Ends, Flush, Io, ToClient, ToServer,
 };
 use interrupts::Interrupts;
-use translate::Resetting;
 
+use super::effects::Effects;
 use super::statements::{ClientStatements, ResponseFilter};
-use super::timeouts::{Deadline, Timeouts};
+use super::timeouts::{Deadline, QueryDeadline, Timeouts};
 use crate::cancel::CancelTarget;
 use crate::client::{report_error, SessionError};
 use crate::lifecycle::{Drain, Pause};
@@ -42,12 +47,13 @@ use crate::net::{read_message, ReadError, Stream};
 use crate::pool::cluster::Disconnect;
 use crate::pool::Lease;
 use crate::server::parameters::Parameters;
-use crate::server::{self, InFlight, ServerConn};
+use crate::server::{self, BackendError, ServerConn};
 use crate::stats::{add_micros, ClientState};
 use crate::tenant::Tenant;
 use bytes::{Buf, Bytes, BytesMut};
 use sluice_protocol::backend;
-use sluice_protocol::frame::{frontend_header, Header, HEADER_LEN};
+use sluice_protocol::exchange::TransactionStatus;
+use sluice_protocol::frame::{frontend_header, Header};
 use sluice_protocol::frontend::encode_query;
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -61,20 +67,11 @@ use tracing::{debug, warn};
 const CLIENT_READ_CHUNK: usize = 8 * 1024;
 /// How much a client may pipeline while it waits for a server connection.
 const MAX_PENDING_WHILE_WAITING: usize = 64 * 1024;
-/// ReadyForQuery is a header plus one status byte.
-const READY_FOR_QUERY_LEN: usize = HEADER_LEN + 1;
 /// Longest message expected in answer to the parameter-setting query.
 const MAX_SYNC_ANSWER: usize = 64 * 1024;
-/// Simple queries up to this size are read whole to spot `DISCARD ALL`/`DEALLOCATE ALL`.
-const MAX_INSPECTED_QUERY: usize = 64;
-
-/// What the client has asked of the server connection that is not yet answered.
-struct Exchange {
-    pending_ready: u32,
-    unsynced: bool,
-    copy_in: bool,
-    status: u8,
-}
+/// Simple queries up to this size are read whole to spot the statements in `effects`; a
+/// longer one leaves the connection's prepared statements and settings unknown.
+const MAX_INSPECTED_QUERY: usize = 64 * 1024;
 
 pub struct Relay<'a> {
     client: &'a mut Stream,
@@ -82,17 +79,15 @@ pub struct Relay<'a> {
     to_client: ToClient,
     terminated: bool,
     server: Option<Lease>,
-    exchange: Exchange,
     statements: Option<ClientStatements>,
     filter: ResponseFilter,
+    /// Effects of the client's statements waiting for the server to confirm them.
+    effects: Effects,
     timeouts: Timeouts,
     /// The session parameters the client asked for, kept up to date with its own SETs.
     desired: Parameters,
     /// What it asked for at login: where its RESETs go back to.
     startup: Parameters,
-    /// Settings the client reset in the requests in flight: the server's reports of
-    /// them show the connection's defaults, not the client's.
-    resetting: Resetting,
     /// When the current server connection was leased.
     lease_started: Option<Instant>,
     /// When each request still owed a ReadyForQuery was sent.
@@ -163,18 +158,12 @@ impl<'a> Relay<'a> {
             to_client: ToClient::default(),
             terminated: false,
             server,
-            exchange: Exchange {
-                pending_ready: 0,
-                unsynced: false,
-                copy_in: false,
-                status: b'I',
-            },
             statements: tracks_statements.then(|| ClientStatements::new(client_id)),
             filter: ResponseFilter::default(),
+            effects: Effects::default(),
             timeouts: Timeouts::new(settings),
             startup: desired.clone(),
             desired,
-            resetting: Resetting::Names(Vec::new()),
             lease_started,
             requests_started: VecDeque::new(),
             flush: Flush::default(),
@@ -195,13 +184,7 @@ impl<'a> Relay<'a> {
             self.release();
         } else if let Some(server) = self.server.take() {
             self.lease_ended(&server);
-            let in_flight = InFlight {
-                pending_ready: self.exchange.pending_ready,
-                unsynced: self.exchange.unsynced,
-                copy_in: self.exchange.copy_in,
-                partial_message: self.to_server.body_left > 0,
-                status: self.exchange.status,
-            };
+            let partial = self.to_server.body_left > 0;
             let mut unsent = std::mem::take(&mut self.to_server.assembled);
             unsent.extend_from_slice(&self.to_server.buf[..self.to_server.direct]);
             let discard_all = self.tenant.is_session_mode();
@@ -210,7 +193,7 @@ impl<'a> Relay<'a> {
                 if let Some(cancel) = cancel {
                     cancel.cancels_finished().await;
                 }
-                reset_or_close(server, unsent.freeze(), in_flight, discard_all).await
+                reset_or_close(server, unsent.freeze(), partial, discard_all).await
             });
         }
         if let Err(e) = &result {
@@ -254,6 +237,7 @@ impl<'a> Relay<'a> {
                 .record(leased.as_secs_f64());
         }
         self.requests_started.clear();
+        self.effects.clear();
         let info = &server.entry.info;
         info.active.store(false, Relaxed);
         info.client_id.store(0, Relaxed);
@@ -275,7 +259,7 @@ impl<'a> Relay<'a> {
             [killed.as_mut(), draining.as_mut(), removed.as_mut()],
         );
         if self.server.is_some() {
-            self.sync_parameters().await?;
+            self.sync_parameters(interrupts).await?;
         }
         loop {
             if self.server.is_none() {
@@ -372,11 +356,14 @@ impl<'a> Relay<'a> {
         &mut self,
         interrupts: &mut Interrupts<'_, '_>,
     ) -> Result<(), SessionError> {
-        let read_client = self.to_server.pending() == 0 && !self.terminated;
-        let read_server = self.to_client.forwardable == 0;
-        let in_transaction = self.exchange.status != b'I';
-        let busy = self.exchange.pending_ready > 0;
         let releasable = self.is_releasable();
+        let exchange = &self.server.as_ref().expect("attached").exchange;
+        // A client that pipelines without reading is not read further until the server
+        // answers: the exchange's record of what is owed stays bounded.
+        let read_client = self.to_server.pending() == 0 && !self.terminated && !exchange.is_full();
+        let read_server = self.to_client.forwardable == 0;
+        let in_transaction = exchange.status() != TransactionStatus::Idle;
+        let busy = exchange.is_busy();
         let deadline = if busy {
             self.timeouts.query_deadline()
         } else {
@@ -410,13 +397,25 @@ impl<'a> Relay<'a> {
             biased;
             error = poll_fn(|cx| interrupts.poll(cx, releasable)) => return Err(error),
             () = Deadline::sleep(deadline) => {
-                if busy {
-                    self.timeouts.query_cancelled();
-                    let cancel = self.cancel.clone();
-                    tokio::spawn(async move { cancel.cancel_current().await });
-                    return Ok(());
+                if !busy {
+                    return Err(self.timeouts.expired(in_transaction));
                 }
-                return Err(self.timeouts.expired(in_transaction));
+                match self.timeouts.query_deadline_passed() {
+                    QueryDeadline::Cancel => {
+                        // Marked in flight now, before this session can release the
+                        // connection: the cancel can only land on this query.
+                        if let Some(server) = self.cancel.begin_cancel() {
+                            let cancel = self.cancel.clone();
+                            tokio::spawn(async move { cancel.forward(server).await });
+                        }
+                        return Ok(());
+                    }
+                    QueryDeadline::GiveUp => {
+                        warn!("the server did not answer a query_timeout cancel; closing its connection");
+                        self.close_server(Disconnect::Stalled);
+                        return Err(self.timeouts.gave_up());
+                    }
+                }
             }
             event = io => event,
         };
@@ -460,9 +459,7 @@ impl<'a> Relay<'a> {
         let Some(server) = &self.server else {
             return true;
         };
-        self.exchange.pending_ready == 0
-            && !self.exchange.unsynced
-            && self.exchange.status == b'I'
+        server.exchange.is_idle()
             && self.to_server.body_left == 0
             && self.to_server.pending() == 0
             && self.to_client.body_left == 0
@@ -501,7 +498,7 @@ impl<'a> Relay<'a> {
         note_leased(tenant, cancel, &leased, now);
         self.lease_started = Some(now);
         self.server = Some(leased);
-        self.sync_parameters().await
+        self.sync_parameters(interrupts).await
     }
 
     /// Waits (while paused, then for a pool slot) for a server connection.
@@ -541,25 +538,52 @@ impl<'a> Relay<'a> {
     }
 
     /// Gives the server session the client's parameter values where they differ, in
-    /// one round trip before any of the client's messages.
-    async fn sync_parameters(&mut self) -> Result<(), SessionError> {
+    /// one round trip before any of the client's messages, and tells the client of
+    /// server-describing values that changed since it was last told (after a failover).
+    /// Bounded by `server_connect_timeout`, and ended by a kill or a shutdown.
+    async fn sync_parameters(
+        &mut self,
+        interrupts: &mut Interrupts<'_, '_>,
+    ) -> Result<(), SessionError> {
         let server: &mut ServerConn = self.server.as_mut().expect("attached");
-        let Some(sql) = server.params.sync_sql(&mut self.desired) else {
+        let sync = server.params.sync(&mut self.desired);
+        if !sync.report.is_empty() {
+            let mut status = BytesMut::new();
+            for (name, value) in &sync.report {
+                backend::encode_parameter_status(&mut status, name, value);
+            }
+            self.client
+                .write_all(&status)
+                .await
+                .map_err(SessionError::ClientIo)?;
+        }
+        let Some(sql) = sync.sql else {
             return Ok(());
         };
         let mut out = BytesMut::with_capacity(sql.len() + 8);
         encode_query(&mut out, &sql);
+        let _request = server.exchange.frontend(b'Q');
         let mut rejected = None;
+        let desired = &mut self.desired;
         let exchange = async {
             server.stream.write_all(&out).await?;
             loop {
                 let (tag, body) =
                     read_message(&mut server.stream, &mut server.read_buf, MAX_SYNC_ANSWER).await?;
+                let status = if tag == b'Z' {
+                    body.first().copied().unwrap_or(0)
+                } else {
+                    0
+                };
+                server
+                    .exchange
+                    .backend(tag, status)
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
                 match tag {
                     b'S' => {
                         let (name, value) = backend::parse_parameter_status(&body)?;
                         server.params.current.set(name, value);
-                        self.desired.set(name, value);
+                        desired.set(name, value);
                     }
                     b'E' => {
                         let fields = backend::parse_error_fields(&body)?;
@@ -570,8 +594,25 @@ impl<'a> Relay<'a> {
                 }
             }
         };
-        if let Err(e) = exchange.await {
-            return Err(self.server_lost(&format!("setting session parameters: {e}")));
+        let bound = self.tenant.settings.server_connect_timeout;
+        let outcome = tokio::select! {
+            biased;
+            error = poll_fn(|cx| interrupts.poll(cx, true)) => return Err(error),
+            outcome = tokio::time::timeout(bound, exchange) => outcome,
+        };
+        match outcome {
+            Err(_) => {
+                warn!(
+                    ?bound,
+                    "setting session parameters took longer than server_connect_timeout"
+                );
+                self.close_server(Disconnect::Stalled);
+                return Err(SessionError::ServerLost(format!(
+                    "setting session parameters took longer than server_connect_timeout ({bound:?})"
+                )));
+            }
+            Ok(Err(e)) => return Err(self.server_lost(&format!("setting session parameters: {e}"))),
+            Ok(Ok(())) => {}
         }
         match rejected {
             None => Ok(()),
@@ -579,6 +620,24 @@ impl<'a> Relay<'a> {
                 // What the server now has is unknown: close it rather than reuse it.
                 self.close_server(Disconnect::ResetFailed);
                 Err(SessionError::ParameterRejected { code, message })
+            }
+        }
+    }
+
+    /// A backend message could not be taken: malformed, or out of sync with what was sent.
+    /// Either way the connection is closed, never reused.
+    fn backend_failed(&mut self, error: BackendError) -> SessionError {
+        match error {
+            BackendError::Malformed(e) => {
+                self.server_lost(&format!("malformed server message: {e}"))
+            }
+            BackendError::OutOfSync(e) => {
+                if let Some(server) = &self.server {
+                    warn!(server = %server.addr, error = %e, "server connection out of sync");
+                }
+                self.tenant.cluster.metrics.out_of_sync.increment(1);
+                self.close_server(Disconnect::OutOfSync);
+                SessionError::ServerOutOfSync(e.to_string())
             }
         }
     }
@@ -604,15 +663,11 @@ impl<'a> Relay<'a> {
 }
 
 /// Returns a connection its client left busy to the pool after resetting it, or closes it.
-/// `unsent` are complete client messages already counted in `in_flight` but not yet
-/// written to the server.
-async fn reset_or_close(mut server: Lease, unsent: Bytes, in_flight: InFlight, discard_all: bool) {
+/// `unsent` are complete client messages already recorded in its exchange but not yet
+/// written to the server; `partial` says one was only partly written.
+async fn reset_or_close(mut server: Lease, unsent: Bytes, partial: bool, discard_all: bool) {
     let conn: &mut ServerConn = &mut server;
-    let reset = async {
-        conn.stream.write_all(&unsent).await?;
-        server::reset(conn, in_flight, discard_all).await
-    };
-    match reset.await {
+    match server::reset(conn, &unsent, partial, discard_all).await {
         Ok(()) => debug!(server = %conn.addr, "server connection reset and returned to the pool"),
         Err(e) => {
             debug!(server = %conn.addr, error = %e, "server connection closed instead of reused");

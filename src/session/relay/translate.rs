@@ -1,37 +1,26 @@
-//! Reading the message streams: client messages are classified (what the server will
-//! owe) and, in transaction mode, statement names rewritten; server messages are
-//! classified (ReadyForQuery, COPY, ParameterStatus) and the answers to injected
-//! messages dropped.
+//! Reading the message streams: every client message is recorded in the server
+//! connection's exchange as it is passed on (after whatever sluice injects before it), and
+//! in transaction mode statement names are rewritten; every server message is taken
+//! through the same exchange before it is forwarded, effects are applied as the server
+//! confirms them, and the answers to injected messages are dropped.
 //!
 //! Changes only the relay's own state and the leased connection's records (parameters,
 //! statements); all I/O stays in `mod.rs` and `buffers.rs`.
 
-use super::{Relay, MAX_INSPECTED_QUERY, READY_FOR_QUERY_LEN};
+use super::{Relay, MAX_INSPECTED_QUERY};
 use crate::client::SessionError;
+use crate::server::parameters::Parameters;
 use crate::server::ServerConn;
-use crate::session::statements::{self, Confirm, Plan};
+use crate::session::effects::{self, Effect};
+use crate::session::statements::{self, ClientStatements, Confirm, Plan};
 use crate::stats::add_micros;
 use bytes::{Buf, Bytes};
 use sluice_protocol::backend;
+use sluice_protocol::exchange::Answer;
 use sluice_protocol::extended::{self, encode_bind, encode_target};
-use sluice_protocol::frame::{backend_header, frontend_header, Header, HEADER_LEN};
+use sluice_protocol::frame::{frontend_header, Header, HEADER_LEN};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
-
-/// Settings a client is resetting.
-pub(super) enum Resetting {
-    All,
-    Names(Vec<String>),
-}
-
-impl Resetting {
-    pub(super) fn covers(&self, name: &str) -> bool {
-        match self {
-            Resetting::All => true,
-            Resetting::Names(names) => names.iter().any(|n| n.eq_ignore_ascii_case(name)),
-        }
-    }
-}
 
 impl Relay<'_> {
     /// Moves client messages towards the server as far as the buffered bytes allow,
@@ -62,36 +51,27 @@ impl Relay<'_> {
                 return Ok(());
             }
             out.need_whole = 0;
-            match header.tag {
-                b'X' => {
-                    // Terminate ends the client, not the pooled server session.
-                    let at = out.direct;
-                    out.buf.truncate(at);
-                    self.terminated = true;
-                    return Ok(());
-                }
-                b'Q' | b'F' | b'S' => {
-                    self.exchange.pending_ready += 1;
-                    self.requests_started.push_back(Instant::now());
-                    self.timeouts.request_sent(self.exchange.pending_ready);
-                    self.filter.batch_sent();
-                    if header.tag == b'S' {
-                        self.exchange.unsynced = false;
-                    }
-                    if header.tag == b'Q' {
-                        self.simple_query(&header);
-                    }
-                }
-                b'P' | b'B' | b'E' | b'D' | b'C' | b'H' => self.exchange.unsynced = true,
-                _ => {}
+            if header.tag == b'X' {
+                // Terminate ends the client, not the pooled server session.
+                let at = out.direct;
+                out.buf.truncate(at);
+                self.terminated = true;
+                return Ok(());
             }
-            if needs_whole && header.tag != b'Q' && tracked {
-                if self.statement_message(header.tag, whole)? {
-                    continue;
-                }
-                if header.tag == b'C' {
+            if header.tag == b'Q' {
+                self.simple_query(&header);
+            }
+            let replaced = needs_whole && header.tag != b'Q' && tracked && {
+                let replaced = self.statement_message(header.tag, whole)?;
+                if !replaced && header.tag == b'C' {
                     self.filter.close_sent(false);
                 }
+                replaced
+            };
+            // The client's own message, after anything injected before it.
+            self.sent(header.tag)?;
+            if replaced {
+                continue;
             }
             let out = &mut self.to_server;
             out.pass(HEADER_LEN);
@@ -99,55 +79,53 @@ impl Relay<'_> {
         }
     }
 
-    /// A short simple query: `DISCARD ALL` and `DEALLOCATE ALL` drop every prepared
-    /// statement, and any simple query drops the unnamed one.
+    /// Records a client message passed on to the server.
+    fn sent(&mut self, tag: u8) -> Result<(), SessionError> {
+        let server: &mut ServerConn = self.server.as_mut().expect("attached");
+        let was_busy = server.exchange.is_busy();
+        let request = server.exchange.frontend(tag).map_err(|e| {
+            SessionError::Protocol(format!(
+                "unexpected message type '{}' after login",
+                e.0.escape_ascii()
+            ))
+        })?;
+        if !was_busy && server.exchange.is_busy() {
+            self.timeouts.request_sent();
+        }
+        if request {
+            self.requests_started.push_back(Instant::now());
+            self.filter.batch_sent();
+            self.effects.request_sent();
+        }
+        Ok(())
+    }
+
+    /// Records a message sluice itself sends before the client's (a Close or Parse of a
+    /// prepared statement).
+    fn injected(&mut self, tag: u8) {
+        let server: &mut ServerConn = self.server.as_mut().expect("attached");
+        let _request = server
+            .exchange
+            .frontend(tag)
+            .expect("sluice injects Close and Parse only");
+    }
+
+    /// A simple query drops the unnamed statement; its statements' effects are expected
+    /// (a query too long to read whole leaves everything they could change unknown).
     pub(super) fn simple_query(&mut self, header: &Header) {
         let server: &mut ServerConn = self.server.as_mut().expect("attached");
         server.statements.set_unnamed(None);
         if let Some(client) = &mut self.statements {
             client.forget_unnamed();
         }
+        let effects = &mut self.effects;
         if header.body_len > MAX_INSPECTED_QUERY {
+            effects.expect(None, Effect::Unknown);
             return;
         }
         let body = &self.to_server.untranslated()[HEADER_LEN..header.message_len()];
-        // Only DISCARD, DEALLOCATE and RESET matter here; skip everything else cheaply.
-        let first = body.iter().find(|b| !b.is_ascii_whitespace());
-        if !matches!(first, Some(b'd' | b'D' | b'r' | b'R')) {
-            return;
-        }
-        let sql = String::from_utf8_lossy(body).to_ascii_lowercase();
-        for statement in sql.trim_end_matches('\0').split(';') {
-            let words: Vec<&str> = statement.split_whitespace().collect();
-            match words[..] {
-                ["discard", "all"] | ["deallocate", "all"] => {
-                    server.statements.clear();
-                    if let Some(client) = &mut self.statements {
-                        client.clear();
-                    }
-                }
-                _ => {}
-            }
-            // PostgreSQL resets settings to the session's startup values; the server
-            // connection has other ones, so sluice restores the client's (re-applied
-            // at its next lease) and keeps the server's reports from overriding them.
-            match words[..] {
-                ["discard", "all"] | ["reset", "all"] => {
-                    server.params.reset_to_login();
-                    self.desired = self.startup.clone();
-                    self.resetting = Resetting::All;
-                }
-                ["reset", name] => {
-                    server.params.current.forget(name);
-                    self.desired
-                        .restore(name, &self.startup, &server.params.login);
-                    if let Resetting::Names(names) = &mut self.resetting {
-                        names.push(name.to_owned());
-                    }
-                }
-                _ => {}
-            }
-        }
+        let text = body.strip_suffix(b"\0").unwrap_or(body);
+        effects::of_query(text, |index, effect| effects.expect(Some(index), effect));
     }
 
     /// Handles a complete Parse, Bind, Describe or Close at the translation point.
@@ -167,6 +145,12 @@ impl Relay<'_> {
         let plan = match tag {
             b'P' => {
                 let parse = extended::parse_parse(body)?;
+                let text = parse.rest.split(|&b| b == 0).next().unwrap_or_default();
+                if effects::classify(text).is_some() {
+                    // Whether and when it runs is up to later Binds and Executes: what it
+                    // could change becomes unknown once its batch is answered.
+                    self.effects.expect(None, Effect::Unknown);
+                }
                 if parse.statement.is_empty() {
                     server.set_unnamed(None);
                     let owner = client.remember_unnamed(message);
@@ -235,16 +219,27 @@ impl Relay<'_> {
             }
             return Ok(false);
         }
-        let out = &mut self.to_server;
-        let assembled = out.assemble();
+        let assembled = self.to_server.assemble();
+        let mut injected = 0;
         for name in plan.close.iter().flatten() {
             statements::encode_close_statement(assembled, name);
             self.filter.close_sent(true);
+            injected += 1;
         }
+        // A Parse whose answer the client sees is the client's own, rewritten (recorded
+        // as its message below); one whose answer is swallowed is sluice's.
+        let injected_parse = plan.parse.as_ref().is_some_and(|(_, _, swallow)| *swallow);
         if let Some((parse, confirm, swallow)) = plan.parse {
             assembled.extend_from_slice(&parse);
             self.filter.parse_sent(swallow, confirm);
         }
+        for _ in 0..injected {
+            self.injected(b'C');
+        }
+        if injected_parse {
+            self.injected(b'P');
+        }
+        let out = &mut self.to_server;
         // A new named Parse was replaced by its server-side form above; a Bind, Describe,
         // Close, or a Parse of a name in use, is replaced when it names a statement
         // sluice renamed.
@@ -279,17 +274,18 @@ impl Relay<'_> {
         Ok(true)
     }
 
-    /// Classifies the server's complete headers: counts ReadyForQuery, notes COPY IN, and
-    /// drops the answers to messages sluice injected.
+    /// Takes the server's messages through the connection's exchange as their headers
+    /// arrive, applies what the server confirms, and drops the answers to messages sluice
+    /// injected; everything else is marked forwardable.
     pub(super) fn scan_server(&mut self) -> Result<(), SessionError> {
-        let Some(server) = self.server.as_mut() else {
-            return Ok(());
-        };
-        let server: &mut ServerConn = server;
-        let to_client = &mut self.to_client;
         loop {
-            let buf = &server.read_buf;
+            let Some(server) = self.server.as_mut() else {
+                return Ok(());
+            };
+            let server: &mut ServerConn = server;
+            let to_client = &mut self.to_client;
             if to_client.body_left > 0 {
+                let buf = &server.read_buf;
                 let take = to_client.body_left.min(buf.len() - to_client.forwardable);
                 to_client.forwardable += take;
                 to_client.body_left -= take;
@@ -297,59 +293,45 @@ impl Relay<'_> {
                     return Ok(());
                 }
             }
-            let rest = &buf[to_client.forwardable..];
-            let header = match backend_header(rest) {
-                Ok(Some(header)) => header,
+            let at = to_client.forwardable;
+            // Answers must be matched in order, so one to swallow waits until everything
+            // before it has been written to the client.
+            let next = server.read_buf.get(at).copied();
+            if matches!(next, Some(b'1' | b'3')) && self.filter.may_swallow() && at > 0 {
+                return Ok(());
+            }
+            let (header, answer) = match server.take_backend(at) {
+                Ok(Some(taken)) => taken,
                 Ok(None) => return Ok(()),
-                Err(e) => {
-                    return Err(SessionError::ServerLost(format!(
-                        "malformed server message: {e}"
-                    )))
-                }
+                Err(e) => return Err(self.backend_failed(e)),
             };
-            match header.tag {
-                b'Z' => {
-                    if rest.len() < READY_FOR_QUERY_LEN {
-                        return Ok(());
+            match answer {
+                Answer::Ready(_) => self.request_answered(),
+                Answer::Completed => self.effects.completed(),
+                Answer::CopyIn { silenced } => {
+                    for _ in 0..silenced {
+                        self.requests_started.pop_back();
                     }
-                    self.exchange.status = rest[HEADER_LEN];
-                    self.exchange.pending_ready = self.exchange.pending_ready.saturating_sub(1);
-                    self.exchange.copy_in = false;
-                    self.filter.batch_done(self.statements.as_mut());
-                    if self.exchange.pending_ready == 0 {
-                        self.resetting = Resetting::Names(Vec::new());
-                    }
-                    self.timeouts.ready_received(self.exchange.pending_ready);
-                    if let Some(sent) = self.requests_started.pop_front() {
-                        let took = sent.elapsed();
-                        let stats = &self.tenant.stats;
-                        stats.queries.fetch_add(1, Relaxed);
-                        add_micros(&stats.query_micros, took);
-                        self.tenant.cluster.metrics.query.record(took.as_secs_f64());
-                    }
+                    self.filter.syncs_silenced(silenced);
+                    self.effects.syncs_silenced(silenced);
                 }
-                b'G' => self.exchange.copy_in = true,
+                Answer::Other => {}
+            }
+            let server: &mut ServerConn = self.server.as_mut().expect("attached");
+            if !matches!(answer, Answer::Ready(_)) && !server.exchange.is_busy() {
+                // Everything sent is answered (a batch without a Sync may stay open).
+                self.timeouts.answered();
+            }
+            let whole = header.message_len();
+            match header.tag {
                 b'S' => {
                     // The client's own SET (or its rollback): follow it to the next server.
-                    let whole = header.message_len();
-                    if rest.len() < whole {
-                        return Ok(());
-                    }
-                    let parsed = backend::parse_parameter_status(&rest[HEADER_LEN..whole]);
-                    let (name, value) = parsed.map_err(|e| {
-                        SessionError::ServerLost(format!("malformed server message: {e}"))
-                    })?;
-                    server.params.current.set(name, value);
-                    if !self.resetting.covers(name) {
+                    let body = &server.read_buf[at + HEADER_LEN..at + whole];
+                    if let Ok((name, value)) = backend::parse_parameter_status(body) {
                         self.desired.set(name, value);
                     }
                 }
                 b'1' | b'3' => {
-                    // Answers must be matched in order, so one to swallow waits until
-                    // everything before it has been written to the client.
-                    if self.filter.may_swallow() && to_client.forwardable > 0 {
-                        return Ok(());
-                    }
                     let swallow = if header.tag == b'1' {
                         self.filter.parse_complete(&mut server.statements)
                     } else {
@@ -362,8 +344,74 @@ impl Relay<'_> {
                 }
                 _ => {}
             }
-            to_client.forwardable += HEADER_LEN;
-            to_client.body_left = header.body_len;
+            self.to_client.forwardable += HEADER_LEN;
+            self.to_client.body_left = header.body_len;
+        }
+    }
+
+    /// A ReadyForQuery answered the oldest request: statement records, effects, timers
+    /// and statistics follow.
+    fn request_answered(&mut self) {
+        let Relay {
+            server,
+            statements,
+            filter,
+            effects,
+            desired,
+            startup,
+            timeouts,
+            requests_started,
+            tenant,
+            ..
+        } = self;
+        let server: &mut ServerConn = server.as_mut().expect("attached");
+        filter.batch_done(statements.as_mut());
+        effects.ready(|effect| apply(effect, server, statements.as_mut(), desired, startup));
+        timeouts.ready_received(server.exchange.is_busy());
+        if let Some(sent) = requests_started.pop_front() {
+            let took = sent.elapsed();
+            let stats = &tenant.stats;
+            stats.queries.fetch_add(1, Relaxed);
+            add_micros(&stats.query_micros, took);
+            tenant.cluster.metrics.query.record(took.as_secs_f64());
+        }
+    }
+}
+
+/// Applies a confirmed effect to sluice's records of the server session and of what the
+/// client wants.
+fn apply(
+    effect: Effect,
+    server: &mut ServerConn,
+    client: Option<&mut ClientStatements>,
+    desired: &mut Parameters,
+    startup: &Parameters,
+) {
+    match effect {
+        Effect::DiscardAll | Effect::DeallocateAll => {
+            server.statements.clear();
+            if let Some(client) = client {
+                client.clear();
+            }
+            if effect == Effect::DiscardAll {
+                server.params.reset_to_login();
+                *desired = startup.clone();
+            }
+        }
+        // PostgreSQL resets settings to the session's startup values; the server
+        // connection has other ones, so sluice restores the client's (re-applied at its
+        // next lease).
+        Effect::ResetAll => {
+            server.params.reset_to_login();
+            *desired = startup.clone();
+        }
+        Effect::Reset(name) => {
+            server.params.current.forget(&name);
+            desired.restore(&name, startup, &server.params.login);
+        }
+        Effect::Unknown => {
+            server.statements.clear();
+            server.params.forget_all();
         }
     }
 }
