@@ -320,3 +320,52 @@ async fn truncated_messages_end_the_client_quietly() {
     }
     assert_still_serving(&mut sluice, &tenant, &before).await;
 }
+
+/// A server that accepts TCP connections and never answers (a stalled or black-holed
+/// PostgreSQL): every client waiting for its first connection gets a clear error once one
+/// opening has failed, within about one `server_connect_timeout`, not one timeout after
+/// another while each waiter tries again in turn, nor after `query_wait_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unopenable_server_fails_every_waiting_client_within_one_connect_timeout() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    // Accepts and holds connections without a byte in answer.
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let pg = Postgres::shared();
+    let tenant = pg.create_tenant("err_blackhole");
+    let config = SluiceConfig::new(pg)
+        .cluster(crate::harness::Cluster::new("silent", "127.0.0.1", port).tls("disable"))
+        .tenant(Tenant {
+            cluster: "silent".into(),
+            ..Tenant::new(&tenant)
+                .pool_size(1)
+                .server_connect_timeout("1s")
+                .query_wait_timeout("10s")
+        });
+    let mut sluice = Sluice::start(&config);
+    let started = Instant::now();
+    let login = || async {
+        let e = refused_login(&sluice, &tenant.user, &tenant.password, &tenant.database).await;
+        (
+            sqlstate(&e).map(str::to_owned),
+            started.elapsed(),
+            error_text(&e),
+        )
+    };
+    let (a, b, c) = tokio::join!(login(), login(), login());
+    for (code, took, text) in [a, b, c] {
+        assert_eq!(code.as_deref(), Some("08006"), "{text}");
+        assert!(
+            took < Duration::from_millis(1800),
+            "a client waited {took:?} for a server that cannot be opened (server_connect_timeout \
+             1s, query_wait_timeout 10s): {text}"
+        );
+    }
+    holder.abort();
+    assert_alive(&mut sluice);
+}

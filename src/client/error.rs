@@ -11,6 +11,7 @@ use crate::server::ConnectError;
 use crate::tenant::auth_query::LookupError;
 use bytes::BytesMut;
 use sluice_protocol::{backend, ProtocolError};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
@@ -66,7 +67,7 @@ pub enum SessionError {
     #[error("could not open a server connection for tenant {tenant}: {source}")]
     ServerUnavailable {
         tenant: String,
-        source: ConnectError,
+        source: Arc<ConnectError>,
     },
     #[error("server connection lost: {0}")]
     ServerLost(String),
@@ -132,14 +133,16 @@ impl SessionError {
             }
             SessionError::IdleInTransactionTimeout(_) => "25P03",
             SessionError::ClientIdleTimeout(_) => "57P05",
-            SessionError::ServerUnavailable {
-                source: ConnectError::Rejected { code, message },
-                tenant,
-            } => {
+            SessionError::ServerUnavailable { source, tenant }
+                if matches!(**source, ConnectError::Rejected { .. }) =>
+            {
+                let ConnectError::Rejected { code, message } = &**source else {
+                    unreachable!("matched above")
+                };
                 return Some((
                     code,
                     format!("server refused login for tenant {tenant}: {message}"),
-                ))
+                ));
             }
             SessionError::ServerUnavailable { tenant, .. } => {
                 return Some((

@@ -29,7 +29,7 @@ use budget::{Budget, Claimant, Membership, OldestIdle, Slot, WhenFull, YIELD_AFT
 use cluster::{Cluster, Disconnect};
 use std::collections::VecDeque;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -43,8 +43,10 @@ const RETRY_MAKE_ROOM: Duration = Duration::from_millis(250);
 pub enum CheckoutError {
     #[error("timed out waiting for a server connection")]
     Timeout,
+    /// This client's opening failed, or another's while nothing could come back to the
+    /// pool: the waiters learn why at once.
     #[error(transparent)]
-    Connect(#[from] ConnectError),
+    Connect(Arc<ConnectError>),
     #[error("{0}")]
     Internal(&'static str),
 }
@@ -86,6 +88,8 @@ struct PoolState {
     open: usize,
     /// Places asked of the budget and not granted yet.
     asked: usize,
+    /// Connections being opened (counted in `open` too).
+    opening: usize,
     waiters: VecDeque<Waiter>,
     next_waiter: u64,
     /// Set when the tenant is removed: returned connections are closed, not kept.
@@ -140,6 +144,8 @@ struct Waiter {
 enum Grant {
     Conn(Pooled),
     Place(Place),
+    /// Opening a connection failed with nothing left that could come back.
+    Failed(Arc<ConnectError>),
 }
 
 /// The outcome of a checkout that does not wait.
@@ -213,7 +219,7 @@ impl Drop for Waiting<'_> {
         match self.grant.try_recv() {
             Ok(Grant::Conn(conn)) => self.pool.give_back(conn),
             Ok(Grant::Place(place)) => drop(place),
-            Err(_) => {}
+            Ok(Grant::Failed(_)) | Err(_) => {}
         }
     }
 }
@@ -230,6 +236,7 @@ impl Pool {
                 idle: VecDeque::new(),
                 open: 0,
                 asked: 0,
+                opening: 0,
                 waiters: VecDeque::new(),
                 next_waiter: 0,
                 retired: false,
@@ -277,11 +284,10 @@ impl Pool {
 
     pub fn status(&self) -> Status {
         let state = self.lock();
-        let connecting = self.shared.stats.servers_connecting.load(Relaxed) as usize;
         Status {
             size: state.open,
             available: state.idle.len(),
-            active: state.open.saturating_sub(state.idle.len() + connecting),
+            active: state.open.saturating_sub(state.idle.len() + state.opening),
         }
     }
 
@@ -312,6 +318,7 @@ impl Pool {
                             drop(waiting);
                             self.open(place, deadline).await
                         }
+                        Ok(Grant::Failed(e)) => Err(CheckoutError::Connect(e)),
                         // Senders are only dropped after sending; should that ever break,
                         // the client gets an error, not a hang.
                         Err(_) => Err(CheckoutError::Internal("the pool dropped a waiter")),
@@ -424,40 +431,51 @@ impl Pool {
         place: Place,
         deadline: Instant,
     ) -> Result<Lease, CheckoutError> {
-        let Shared {
-            cluster,
-            stats,
-            servers,
-        } = &self.shared;
-        let connecting = Connecting::start(&stats.servers_connecting);
-        let opened = match tokio::time::timeout_at(deadline.into(), cluster.budget.pace()).await {
-            Ok(()) => connect(
-                &self.target,
-                cluster.tls.load_full(),
-                **cluster.tcp.load(),
-                servers,
-            )
+        let cluster = &self.shared.cluster;
+        let opening = Opening::start(self);
+        if tokio::time::timeout_at(deadline.into(), cluster.budget.pace())
             .await
-            .map(|conn| Pooled {
-                conn,
-                _place: place,
-            })
-            .map_err(CheckoutError::Connect),
-            Err(_) => Err(CheckoutError::Timeout),
-        };
-        drop(connecting);
-        match opened {
+            .is_err()
+        {
+            return Err(CheckoutError::Timeout);
+        }
+        let tls = cluster.tls.load_full();
+        let tcp = **cluster.tcp.load();
+        match connect(&self.target, tls, tcp, &self.shared.servers).await {
             Ok(conn) => {
+                drop(opening);
                 cluster.connect_succeeded();
-                self.login_parameters
-                    .store(Some(conn.conn.params.login.clone()));
-                Ok(self.lease(conn))
+                self.login_parameters.store(Some(conn.params.login.clone()));
+                Ok(self.lease(Pooled {
+                    conn,
+                    _place: place,
+                }))
             }
-            Err(CheckoutError::Connect(e)) => {
+            Err(e) => {
                 cluster.connect_failed();
+                let e = Arc::new(e);
+                self.fail_waiters(&e);
+                // Only now: a freed place would go to a waiter, to try again.
+                drop(opening);
+                drop(place);
                 Err(CheckoutError::Connect(e))
             }
-            Err(timeout) => Err(timeout),
+        }
+    }
+
+    /// An opening failed: if no connection of this pool is open (none could come back),
+    /// every client waiting gets that error now instead of trying again in turn.
+    fn fail_waiters(&self, error: &Arc<ConnectError>) {
+        let waiters = {
+            let mut state = self.lock();
+            if state.open > state.opening {
+                return;
+            }
+            state.asked = 0;
+            std::mem::take(&mut state.waiters)
+        };
+        for waiter in waiters {
+            let _gone = waiter.grant.send(Grant::Failed(error.clone()));
         }
     }
 
@@ -513,7 +531,7 @@ impl Pool {
             match waiter.grant.send(Grant::Conn(conn)) {
                 Ok(()) => return,
                 Err(Grant::Conn(back)) => conn = back,
-                Err(Grant::Place(_)) => unreachable!("sent a connection"),
+                Err(Grant::Place(_) | Grant::Failed(_)) => unreachable!("sent a connection"),
             }
         }
         state.idle.push_back(Idle {
@@ -550,7 +568,7 @@ impl Pool {
                     return None;
                 }
                 Err(Grant::Place(back)) => place = back,
-                Err(Grant::Conn(_)) => unreachable!("sent a place"),
+                Err(Grant::Conn(_) | Grant::Failed(_)) => unreachable!("sent a place"),
             }
         }
         Some(place)
@@ -704,20 +722,22 @@ impl Drop for Pool {
     }
 }
 
-/// Counts a connection being opened for as long as the opening runs, even if the
-/// client stops waiting for it.
-struct Connecting<'a>(&'a AtomicU64);
+/// Counts a connection being opened (in the pool and its statistics) for as long as the
+/// opening runs, even if the client stops waiting for it.
+struct Opening<'a>(&'a Pool);
 
-impl<'a> Connecting<'a> {
-    fn start(counter: &'a AtomicU64) -> Self {
-        counter.fetch_add(1, Relaxed);
-        Connecting(counter)
+impl<'a> Opening<'a> {
+    fn start(pool: &'a Pool) -> Self {
+        pool.lock().opening += 1;
+        pool.shared.stats.servers_connecting.fetch_add(1, Relaxed);
+        Opening(pool)
     }
 }
 
-impl Drop for Connecting<'_> {
+impl Drop for Opening<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Relaxed);
+        self.0.lock().opening -= 1;
+        self.0.shared.stats.servers_connecting.fetch_sub(1, Relaxed);
     }
 }
 

@@ -51,7 +51,7 @@ pub enum Answer {
 #[derive(Debug, thiserror::Error)]
 pub enum LookupError {
     #[error("could not connect as auth_user: {0}")]
-    Connect(#[from] ConnectError),
+    Connect(Arc<ConnectError>),
     #[error("auth_query failed: {message} (SQLSTATE {code})")]
     Query { code: String, message: String },
     #[error("auth_query returned {0} column(s); it must return (user name, password)")]
