@@ -279,7 +279,9 @@ async fn show_pools_clients_and_servers_while_a_client_waits() {
     .await;
 
     let clients = console(&admin, "SHOW CLIENTS").await;
-    assert_eq!(clients.columns, SOCKET_COLUMNS);
+    // PgBouncer's columns, then why a client is pinned to its server connection.
+    assert_eq!(clients.columns[..SOCKET_COLUMNS.len()], SOCKET_COLUMNS);
+    assert_eq!(clients.columns[SOCKET_COLUMNS.len()..], ["pinned"]);
     let mine: Vec<_> = clients.rows_where("database", db).collect();
     let mut states: Vec<&str> = mine.iter().map(|r| r.get("state")).collect();
     states.sort_unstable();

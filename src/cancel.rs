@@ -18,7 +18,7 @@
 
 use crate::locks::lock;
 use crate::server::cancel::cancel_query;
-use crate::stats::{ClientInfo, ClientState};
+use crate::stats::{ClientInfo, ClientState, PIN_REASONS};
 use sluice_protocol::startup::CancelKey;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -102,6 +102,24 @@ impl CancelRegistry {
             }
         }
         waits
+    }
+
+    /// Pinned clients per tenant (database, user), counted per pin reason.
+    pub fn pinned(&self) -> HashMap<(String, String), [u32; PIN_REASONS.len()]> {
+        let mut pinned: HashMap<(String, String), [u32; PIN_REASONS.len()]> = HashMap::new();
+        for target in lock(&self.clients).values() {
+            let client = &target.client;
+            let bits = client.pins();
+            if bits == 0 {
+                continue;
+            }
+            let key = (client.database.clone(), client.user.clone());
+            let counts = pinned.entry(key).or_default();
+            for (i, count) in counts.iter_mut().enumerate() {
+                *count += u32::from(bits & (1 << i) != 0);
+            }
+        }
+        pinned
     }
 
     /// Disconnects every client of `database` (admin `KILL`); returns how many.

@@ -88,6 +88,28 @@ pub fn add_micros(counter: &AtomicU64, elapsed: Duration) {
     counter.fetch_add(elapsed.as_micros() as u64, Relaxed);
 }
 
+/// Why a client can be pinned to its server connection, one bit each in
+/// [`ClientInfo::pins`], in this order (the `reason` label of `sluice_pinned_clients`).
+pub const PIN_REASONS: [&str; 6] = [
+    "temp_table",
+    "advisory_lock",
+    "hold_cursor",
+    "prepared_statement",
+    "load",
+    "role",
+];
+
+/// The pin reasons set in `bits`, comma-separated ("" for none).
+pub fn pin_reasons(bits: u8) -> String {
+    PIN_REASONS
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| bits & (1 << i) != 0)
+        .map(|(_, reason)| *reason)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// What a client connection is doing, for `SHOW CLIENTS` and the client gauges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientState {
@@ -111,6 +133,8 @@ pub struct ClientInfo {
     since: AtomicU64,
     /// Backend pid of the server connection held, 0 for none.
     pub server_pid: AtomicI32,
+    /// What pins the client to its server connection: one bit per [`PIN_REASONS`].
+    pins: AtomicU8,
 }
 
 impl ClientInfo {
@@ -132,6 +156,7 @@ impl ClientInfo {
             base: Instant::now(),
             since: AtomicU64::new(0),
             server_pid: AtomicI32::new(0),
+            pins: AtomicU8::new(0),
         }
     }
 
@@ -147,6 +172,15 @@ impl ClientInfo {
             2 => ClientState::Active,
             _ => ClientState::Idle,
         }
+    }
+
+    pub fn set_pins(&self, reasons: u8) {
+        self.pins.store(reasons, Relaxed);
+    }
+
+    /// The reasons the client is pinned, as bits (see `set_pins`).
+    pub fn pins(&self) -> u8 {
+        self.pins.load(Relaxed)
     }
 
     /// How long the client has been in its current state.

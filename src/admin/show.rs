@@ -7,7 +7,7 @@
 use super::command::Show;
 use crate::config::PoolMode;
 use crate::shared::Shared;
-use crate::stats::ClientState;
+use crate::stats::{pin_reasons, ClientState};
 use crate::tenant::Tenant;
 use bytes::BytesMut;
 use sluice_protocol::backend::{encode_data_row, encode_row_description};
@@ -305,7 +305,9 @@ const SOCKET_COLUMNS: &[&str] = &[
 ];
 
 fn clients(shared: &Shared) -> Table {
-    let mut table = Table::new(SOCKET_COLUMNS);
+    // PgBouncer's columns, then sluice's own: why the client is pinned to its connection.
+    let columns: Vec<&'static str> = SOCKET_COLUMNS.iter().copied().chain(["pinned"]).collect();
+    let mut table = Table::new(&columns);
     let now = SystemTime::now();
     for client in shared.clients.clients() {
         let state = client.state();
@@ -338,6 +340,7 @@ fn clients(shared: &Shared) -> Table {
             client.application_name.clone(),
             n(0),
             n(client.id),
+            pin_reasons(client.pins()),
         ]);
     }
     table

@@ -77,6 +77,8 @@ pub enum SessionError {
     IdleInTransactionTimeout(Duration),
     #[error("terminating connection due to idle timeout (client_idle_timeout is {0:?})")]
     ClientIdleTimeout(Duration),
+    #[error("terminating connection: idle while holding session state on its server connection (pinned_idle_timeout is {0:?})")]
+    PinnedIdleTimeout(Duration),
     #[error("TLS is required: connect with sslmode=require or stronger")]
     TlsRequired,
     #[error("role \"{0}\" is not an admin of the sluice console")]
@@ -104,6 +106,7 @@ impl SessionError {
             | SessionError::WaitTimeout { .. }
             | SessionError::IdleInTransactionTimeout(_)
             | SessionError::ClientIdleTimeout(_)
+            | SessionError::PinnedIdleTimeout(_)
             | SessionError::QueryTimeout { .. } => ErrorKind::Timeout,
             SessionError::ServerUnavailable { .. }
             | SessionError::ServerLost(_)
@@ -132,7 +135,7 @@ impl SessionError {
                 "57P01"
             }
             SessionError::IdleInTransactionTimeout(_) => "25P03",
-            SessionError::ClientIdleTimeout(_) => "57P05",
+            SessionError::ClientIdleTimeout(_) | SessionError::PinnedIdleTimeout(_) => "57P05",
             SessionError::ServerUnavailable { source, tenant }
                 if matches!(**source, ConnectError::Rejected { .. }) =>
             {

@@ -111,6 +111,18 @@ pub enum PoolMode {
     Session,
 }
 
+/// In transaction mode, what becomes of a statement that creates session state that
+/// cannot move between server connections (temporary tables, session advisory locks,
+/// WITH HOLD cursors, SQL PREPARE, LOAD, SET ROLE).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionState {
+    /// The client keeps its server connection until the state is gone or it leaves.
+    Pin,
+    /// The statement fails with 0A000; nothing of it runs.
+    Reject,
+}
+
 /// How clients authenticate to sluice.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 pub enum AuthType {
@@ -153,6 +165,11 @@ pub struct TenantDefaults {
     /// is closed and the client gets 57014 anyway (a stalled or unreachable server).
     #[serde(with = "humantime_serde")]
     pub query_cancel_grace: Duration,
+    /// Transaction mode: pin or reject session state that cannot move.
+    pub session_state: SessionState,
+    /// Longest a pinned client may stay idle outside a transaction; 0 = no limit.
+    #[serde(with = "humantime_serde")]
+    pub pinned_idle_timeout: Duration,
     /// Longest a client may stay idle inside a transaction; 0 = no limit.
     #[serde(with = "humantime_serde")]
     pub idle_transaction_timeout: Duration,
@@ -182,6 +199,8 @@ impl Default for TenantDefaults {
             max_prepared_statements: 200,
             query_timeout: Duration::ZERO,
             query_cancel_grace: Duration::from_secs(1),
+            session_state: SessionState::Pin,
+            pinned_idle_timeout: Duration::from_secs(300),
             idle_transaction_timeout: Duration::ZERO,
             client_idle_timeout: Duration::ZERO,
             server_idle_timeout: Duration::from_secs(600),
@@ -375,6 +394,9 @@ pub struct TenantConfig {
     pub query_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub query_cancel_grace: Option<Duration>,
+    pub session_state: Option<SessionState>,
+    #[serde(default, with = "humantime_serde")]
+    pub pinned_idle_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub idle_transaction_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
@@ -418,6 +440,8 @@ pub struct TenantSettings {
     /// `Duration::ZERO` means no limit, for this and the other timeouts below.
     pub query_timeout: Duration,
     pub query_cancel_grace: Duration,
+    pub session_state: SessionState,
+    pub pinned_idle_timeout: Duration,
     pub idle_transaction_timeout: Duration,
     pub client_idle_timeout: Duration,
     pub server_idle_timeout: Duration,
@@ -455,6 +479,8 @@ impl TenantDefaults {
             max_prepared_statements: None,
             query_timeout: None,
             query_cancel_grace: None,
+            session_state: None,
+            pinned_idle_timeout: None,
             idle_transaction_timeout: None,
             client_idle_timeout: None,
             server_idle_timeout: None,
@@ -525,6 +551,10 @@ impl TenantConfig {
             query_cancel_grace: self
                 .query_cancel_grace
                 .unwrap_or(defaults.query_cancel_grace),
+            session_state: self.session_state.unwrap_or(defaults.session_state),
+            pinned_idle_timeout: self
+                .pinned_idle_timeout
+                .unwrap_or(defaults.pinned_idle_timeout),
             idle_transaction_timeout: self
                 .idle_transaction_timeout
                 .unwrap_or(defaults.idle_transaction_timeout),

@@ -8,6 +8,7 @@
 //! Read-only, except the process-wide recorder it installs at start.
 
 use crate::shared::Shared;
+use crate::stats::PIN_REASONS;
 use crate::tenant::Tenant;
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use std::collections::HashMap;
@@ -58,6 +59,7 @@ pub fn render(shared: &Shared) -> String {
     let all: Vec<&Arc<Tenant>> = owned.iter().collect();
     let max_waits = shared.clients.longest_waits();
     render_tenants(&mut out, &all, &max_waits);
+    render_pinned(&mut out, &all, &shared.clients.pinned());
     render_process(&mut out, shared);
     out
 }
@@ -217,6 +219,22 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 }
 
 fn sample(out: &mut String, name: &str, tenant: &Tenant, state: Option<&str>, value: f64) {
+    labelled(
+        out,
+        name,
+        tenant,
+        state.map(|state| ("state", state)),
+        value,
+    );
+}
+
+fn labelled(
+    out: &mut String,
+    name: &str,
+    tenant: &Tenant,
+    label: Option<(&str, &str)>,
+    value: f64,
+) {
     let settings = &tenant.settings;
     let _ = write!(
         out,
@@ -225,10 +243,46 @@ fn sample(out: &mut String, name: &str, tenant: &Tenant, state: Option<&str>, va
         escape(&settings.database),
         escape(&settings.user)
     );
-    if let Some(state) = state {
-        let _ = write!(out, ",state=\"{state}\"");
+    if let Some((label, value)) = label {
+        let _ = write!(out, ",{label}=\"{value}\"");
     }
     let _ = writeln!(out, "}} {value}");
+}
+
+/// `sluice_pinned_clients{reason}`: only the tenants and reasons with pinned clients, so
+/// the series stay few with thousands of tenants.
+fn render_pinned(
+    out: &mut String,
+    tenants: &[&Arc<Tenant>],
+    pinned: &HashMap<(String, String), [u32; PIN_REASONS.len()]>,
+) {
+    let name = "sluice_pinned_clients";
+    family(
+        out,
+        name,
+        "gauge",
+        "Clients pinned to their server connection by session state, by reason.",
+    );
+    for tenant in tenants {
+        let key = (
+            tenant.settings.database.clone(),
+            tenant.settings.user.clone(),
+        );
+        let Some(counts) = pinned.get(&key) else {
+            continue;
+        };
+        for (reason, count) in PIN_REASONS.iter().zip(counts) {
+            if *count > 0 {
+                labelled(
+                    out,
+                    name,
+                    tenant,
+                    Some(("reason", reason)),
+                    f64::from(*count),
+                );
+            }
+        }
+    }
 }
 
 /// Escapes a label value for the text exposition format.

@@ -160,6 +160,10 @@ impl RecentSets {
     }
 }
 
+/// A value no setting can have (PostgreSQL values are C strings): what sluice records for a
+/// setting whose value on the server is unknown, so that it never matches a wanted one.
+const DIRTY: &str = "\0unknown";
+
 /// Parameters a server reports that describe it and that no session can set (trying
 /// fails with 55P02): a failover or an upgrade changes them, a SET never does.
 const READ_ONLY: [&str; 6] = [
@@ -205,10 +209,27 @@ impl ServerParameters {
         self.current = (*self.login).clone();
     }
 
-    /// What the session has is unknown (a statement sluice could not read may have
-    /// changed anything): the next sync sets every setting a client wants.
-    pub fn forget_all(&mut self) {
-        self.current = Parameters::default();
+    /// What the session has for `name` is unknown: the next sync sets it, or resets it if
+    /// the client does not want it.
+    pub fn dirty(&mut self, name: &str) {
+        if is_settable(name) {
+            self.current.set(name, DIRTY);
+        }
+    }
+
+    /// What the session has is unknown for every setting sluice knows of (a statement it
+    /// could not read may have changed anything).
+    pub fn dirty_all(&mut self) {
+        let names: Vec<String> = self
+            .current
+            .iter()
+            .map(|(name, _)| name)
+            .filter(|name| is_settable(name))
+            .map(str::to_owned)
+            .collect();
+        for name in names {
+            self.current.set(&name, DIRTY);
+        }
     }
 
     /// What makes this session's settings what `desired` asks for: SQL for the settings

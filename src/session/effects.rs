@@ -1,120 +1,51 @@
-//! Statements whose effect on the server session sluice must follow, because it keeps its
-//! own record of that session: `DISCARD ALL` and `DEALLOCATE ALL` drop the prepared
-//! statements sluice believes a server connection holds; `DISCARD ALL`, `RESET ALL` and
-//! `RESET name` put settings back to what the client started with.
+//! Matching the effects of a client's statements (see `classify`) with the server's
+//! answers: an effect is recorded when its statement is sent, confirmed by the statement's
+//! completion (CommandComplete for a simple query's statement or an Execute), and handed on
+//! at the request's ReadyForQuery, in statement order, followed by the request's error if it
+//! had one. What the confirmed effects then mean for the session (committed, rolled back,
+//! pinned) is `transaction`'s business.
 //!
-//! An effect is recorded when the statement is sent and counts only once the server
-//! confirms it: by the statement's CommandComplete for a simple query (a failed statement
-//! changes nothing), by the request's ReadyForQuery for one sluice could not read whole or
-//! sent through Parse (conservatively: forgetting a prepared statement only costs preparing
-//! it again). Confirmed effects are applied at the request's ReadyForQuery, in statement
-//! order: PostgreSQL reports changed settings (ParameterStatus) just before it, and what a
-//! RESET restores must win over what the server reports as its own default.
-//!
-//! Recognising is cheap on the hot path: the lexer (`sluice_protocol::sql`) runs in full
-//! only on a query that starts with one of these words or holds several statements.
+//! Handing them on at ReadyForQuery, not at each completion, matters: PostgreSQL reports the
+//! settings a request changed (ParameterStatus) just before its ReadyForQuery, and what a
+//! `RESET` restores must win over what the server reports as its own default.
 
-use sluice_protocol::sql::{self, Token};
-use std::collections::VecDeque;
-
-/// What a statement does to the session state sluice follows.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Effect {
-    /// `DISCARD ALL`: prepared statements and settings are gone.
-    DiscardAll,
-    /// `DEALLOCATE [PREPARE] ALL`: prepared statements are gone.
-    DeallocateAll,
-    /// `RESET ALL`.
-    ResetAll,
-    /// `RESET name` (the name lowercased unless it was quoted).
-    Reset(String),
-    /// A query sluice did not read whole: any of the above may have happened.
-    Unknown,
-}
-
-/// The words a statement with an effect starts with: the cheap test before lexing.
-fn may_have_effect(word: &[u8]) -> bool {
-    ["discard", "deallocate", "reset"]
-        .iter()
-        .any(|w| word.eq_ignore_ascii_case(w.as_bytes()))
-}
-
-/// The effect of one statement, if it has one.
-pub fn classify(statement: &[u8]) -> Option<Effect> {
-    let mut tokens = sql::tokens(statement);
-    let first = tokens.next()?;
-    let second = tokens.next();
-    let third = tokens.next();
-    if first.is_word("discard") {
-        return second
-            .filter(|t| t.is_word("all"))
-            .map(|_| Effect::DiscardAll);
-    }
-    if first.is_word("deallocate") {
-        let all = match second {
-            Some(t) if t.is_word("prepare") => third,
-            other => other,
-        };
-        return all
-            .filter(|t| t.is_word("all"))
-            .map(|_| Effect::DeallocateAll);
-    }
-    if first.is_word("reset") {
-        return match second? {
-            t if t.is_word("all") => Some(Effect::ResetAll),
-            // RESET ROLE and RESET SESSION AUTHORIZATION change who runs, not a setting.
-            t if t.is_word("role") || t.is_word("session") => None,
-            Token::Word(name) => Some(Effect::Reset(
-                String::from_utf8_lossy(name).to_ascii_lowercase(),
-            )),
-            Token::QuotedIdent(name) => Some(Effect::Reset(
-                String::from_utf8_lossy(name).replace("\"\"", "\""),
-            )),
-            _ => None,
-        };
-    }
-    None
-}
-
-/// The effects of the statements of a simple query (its text, without the trailing NUL),
-/// with each statement's index among the statements the server will run.
-pub fn of_query(text: &[u8], mut found: impl FnMut(u32, Effect)) {
-    if !sql::may_have_several_statements(text) {
-        if sql::first_word(text).is_some_and(may_have_effect) {
-            if let Some(effect) = classify(text) {
-                found(0, effect);
-            }
-        }
-        return;
-    }
-    for (index, statement) in (0u32..).zip(sql::statements(text)) {
-        if let Some(effect) = classify(statement) {
-            found(index, effect);
-        }
-    }
-}
+use super::classify::Effect;
+use bytes::Bytes;
+use std::collections::{HashMap, VecDeque};
 
 /// An effect waiting for its confirmation.
 struct Pending {
-    /// The request (Query or Sync batch) it belongs to, counted from the lease's first.
+    /// The request (Query, FunctionCall or Sync batch) it belongs to, counted from the
+    /// lease's first.
     request: u64,
     /// The statement completion within the request that confirms it; `None`: the
-    /// request's ReadyForQuery does.
+    /// request's ReadyForQuery does (a statement sluice cannot match with its completion).
     completion: Option<u32>,
-    /// Its statement completed.
     confirmed: bool,
     effect: Effect,
 }
 
-/// Effects sent and not yet confirmed, matched with the server's answers in order.
+/// What a request's ReadyForQuery hands on, in order.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A statement that ran: its effect.
+    Confirmed(Effect),
+    /// The request failed after the statements confirmed before: the rest did not run.
+    Error,
+}
+
+/// Effects sent and not yet answered, matched with the server's answers in order.
 #[derive(Default)]
 pub struct Effects {
     pending: VecDeque<Pending>,
     /// Requests sent (answered by a ReadyForQuery) and answered so far.
     requests_sent: u64,
     requests_done: u64,
-    /// Statements of the current request completed so far.
+    /// Executes sent in the request being sent (their completions are counted in order).
+    executes_sent: u32,
+    /// Statements of the request being answered completed so far, and whether it failed.
     completions: u32,
+    failed: bool,
 }
 
 impl Effects {
@@ -129,9 +60,16 @@ impl Effects {
         });
     }
 
+    /// An Execute is sent: its completion's index within the request.
+    pub fn execute_sent(&mut self) -> u32 {
+        self.executes_sent += 1;
+        self.executes_sent - 1
+    }
+
     /// A request (Query, FunctionCall or Sync) was sent.
     pub fn request_sent(&mut self) {
         self.requests_sent += 1;
+        self.executes_sent = 0;
     }
 
     /// `silenced` Syncs turned out to be COPY data: no ReadyForQuery answers them.
@@ -139,25 +77,31 @@ impl Effects {
         self.requests_sent -= u64::from(silenced);
     }
 
-    /// A statement of the current request completed: its effect, if it has one, is
+    /// A statement of the request being answered completed: its effect, if it has one, is
     /// confirmed.
     pub fn completed(&mut self) {
         let completion = Some(self.completions);
         self.completions += 1;
         let request = self.requests_done;
-        if let Some(pending) = self
+        // A statement may have several effects (a lock and an unlock in one SELECT).
+        for pending in self
             .pending
             .iter_mut()
-            .find(|p| p.request == request && p.completion == completion)
+            .filter(|p| p.request == request && p.completion == completion)
         {
             pending.confirmed = true;
         }
     }
 
-    /// The current request got its ReadyForQuery: its confirmed effects, in order.
-    /// Effects of statements that never completed (they failed, or were skipped) are
-    /// dropped.
-    pub fn ready(&mut self, mut confirmed: impl FnMut(Effect)) {
+    /// The request being answered failed (an ErrorResponse).
+    pub fn failed(&mut self) {
+        self.failed = true;
+    }
+
+    /// The request being answered got its ReadyForQuery: its confirmed effects, in order,
+    /// then its error. Effects of statements that never completed (they failed, or were
+    /// skipped) are dropped.
+    pub fn ready(&mut self, mut event: impl FnMut(Event)) {
         while self
             .pending
             .front()
@@ -165,8 +109,11 @@ impl Effects {
         {
             let pending = self.pending.pop_front().expect("checked above");
             if pending.confirmed {
-                confirmed(pending.effect);
+                event(Event::Confirmed(pending.effect));
             }
+        }
+        if std::mem::take(&mut self.failed) {
+            event(Event::Error);
         }
         self.requests_done += 1;
         self.completions = 0;
@@ -177,7 +124,69 @@ impl Effects {
         self.pending.clear();
         self.requests_sent = 0;
         self.requests_done = 0;
+        self.executes_sent = 0;
         self.completions = 0;
+        self.failed = false;
+    }
+}
+
+/// The effects of the client's prepared statements and of the unnamed portal, so that an
+/// Execute expects what its statement does (transaction mode with statement tracking).
+#[derive(Default)]
+pub struct StatementEffects {
+    /// Named statements that have effects.
+    named: HashMap<Bytes, Vec<Effect>>,
+    unnamed: Vec<Effect>,
+    unnamed_portal: Vec<Effect>,
+}
+
+impl StatementEffects {
+    /// A Parse of statement `name` (empty: the unnamed one) with these effects.
+    pub fn parsed(&mut self, name: &[u8], effects: Vec<Effect>) {
+        if name.is_empty() {
+            self.unnamed = effects;
+        } else if effects.is_empty() {
+            self.named.remove(name);
+        } else {
+            self.named.insert(Bytes::copy_from_slice(name), effects);
+        }
+    }
+
+    /// A Bind of `statement` into `portal`. Returns the effects to expect now for a named
+    /// portal (which sluice does not follow to its Execute: conservatively, as if run).
+    pub fn bound(&mut self, portal: &[u8], statement: &[u8]) -> &[Effect] {
+        let effects = if statement.is_empty() {
+            &self.unnamed
+        } else {
+            self.named.get(statement).map_or(&[][..], Vec::as_slice)
+        };
+        if portal.is_empty() {
+            self.unnamed_portal.clear();
+            self.unnamed_portal.extend_from_slice(effects);
+            &[]
+        } else {
+            effects
+        }
+    }
+
+    /// What an Execute of the unnamed portal does.
+    pub fn unnamed_portal(&self) -> &[Effect] {
+        &self.unnamed_portal
+    }
+
+    /// A Close of statement `name` (empty: the unnamed one).
+    pub fn closed(&mut self, name: &[u8]) {
+        if name.is_empty() {
+            self.unnamed.clear();
+        } else {
+            self.named.remove(name);
+        }
+    }
+
+    /// A simple query drops the unnamed statement and portal.
+    pub fn query_sent(&mut self) {
+        self.unnamed.clear();
+        self.unnamed_portal.clear();
     }
 }
 
@@ -185,34 +194,10 @@ impl Effects {
 mod tests {
     use super::*;
 
-    fn effects(text: &str) -> Vec<(u32, Effect)> {
-        let mut found = Vec::new();
-        of_query(text.as_bytes(), |i, e| found.push((i, e)));
-        found
-    }
-
-    #[test]
-    fn statements_with_effects_anywhere_in_a_query() {
-        assert_eq!(effects("DISCARD ALL"), [(0, Effect::DiscardAll)]);
-        assert_eq!(
-            effects("/* a long comment */ discard\nall ;"),
-            [(0, Effect::DiscardAll)]
-        );
-        assert_eq!(
-            effects("SELECT 1; DEALLOCATE PREPARE ALL; select ';reset all'"),
-            [(1, Effect::DeallocateAll)]
-        );
-        assert_eq!(
-            effects("reset all; RESET Search_Path; reset \"MyVar\"; reset role"),
-            [
-                (0, Effect::ResetAll),
-                (1, Effect::Reset("search_path".into())),
-                (2, Effect::Reset("MyVar".into()))
-            ]
-        );
-        assert_eq!(effects("select 'discard all'"), []);
-        assert_eq!(effects("discard plans; deallocate s1"), []);
-        assert_eq!(effects(";; ; discard all"), [(0, Effect::DiscardAll)]);
+    fn events(e: &mut Effects) -> Vec<Event> {
+        let mut out = Vec::new();
+        e.ready(|event| out.push(event));
+        out
     }
 
     #[test]
@@ -227,16 +212,41 @@ mod tests {
         e.request_sent();
         e.completed();
         e.completed();
-        let mut confirmed = Vec::new();
-        e.ready(|effect| confirmed.push(effect));
-        assert_eq!(confirmed, [Effect::DiscardAll]);
-        e.ready(|_| panic!("failed statements have no effect"));
+        assert_eq!(events(&mut e), [Event::Confirmed(Effect::DiscardAll)]);
+        e.failed();
+        assert_eq!(events(&mut e), [Event::Error]);
         // A batch whose Parse text was DISCARD ALL: confirmed by its ReadyForQuery.
         e.expect(None, Effect::DiscardAll);
         e.request_sent();
+        assert_eq!(events(&mut e), [Event::Confirmed(Effect::DiscardAll)]);
+    }
+
+    #[test]
+    fn one_completion_confirms_every_effect_of_its_statement() {
+        let mut e = Effects::default();
+        e.expect(Some(0), Effect::Begin);
+        e.expect(Some(0), Effect::Commit);
+        e.request_sent();
         e.completed();
-        let mut confirmed = Vec::new();
-        e.ready(|effect| confirmed.push(effect));
-        assert_eq!(confirmed, [Effect::DiscardAll]);
+        assert_eq!(
+            events(&mut e),
+            [
+                Event::Confirmed(Effect::Begin),
+                Event::Confirmed(Effect::Commit)
+            ]
+        );
+    }
+
+    #[test]
+    fn executes_are_counted_per_request() {
+        let mut e = Effects::default();
+        assert_eq!(e.execute_sent(), 0);
+        let second = e.execute_sent();
+        e.expect(Some(second), Effect::Begin);
+        e.request_sent();
+        assert_eq!(e.execute_sent(), 0, "counted again in the next request");
+        e.completed();
+        e.completed();
+        assert_eq!(events(&mut e), [Event::Confirmed(Effect::Begin)]);
     }
 }

@@ -6,12 +6,15 @@
 //! The listener dispatches here; the session never sees admin logins or cancel requests,
 //! and the console never sees a session.
 
+mod classify;
 mod effects;
 mod login;
 mod parameters;
+mod pins;
 mod relay;
 mod statements;
 mod timeouts;
+mod transaction;
 
 pub use login::{authenticate, LoggedIn};
 

@@ -16,6 +16,7 @@ pub struct Timeouts {
     cancel_grace: Duration,
     idle_in_transaction: Duration,
     client_idle: Duration,
+    pinned_idle: Duration,
     last_client_activity: Instant,
     /// Where the oldest unanswered request stands, while `query` is on.
     query_state: Query,
@@ -60,6 +61,7 @@ impl Timeouts {
             cancel_grace: settings.query_cancel_grace,
             idle_in_transaction: settings.idle_transaction_timeout,
             client_idle: settings.client_idle_timeout,
+            pinned_idle: settings.pinned_idle_timeout,
             last_client_activity: Instant::now(),
             query_state: Query::Answered,
         }
@@ -67,7 +69,10 @@ impl Timeouts {
 
     /// The client sent something.
     pub fn client_active(&mut self) {
-        if !self.idle_in_transaction.is_zero() || !self.client_idle.is_zero() {
+        if !self.idle_in_transaction.is_zero()
+            || !self.client_idle.is_zero()
+            || !self.pinned_idle.is_zero()
+        {
             self.last_client_activity = Instant::now();
         }
     }
@@ -123,6 +128,16 @@ impl Timeouts {
             timeout: self.query,
             grace: self.cancel_grace,
         }
+    }
+
+    /// When a silent client pinned to its server connection is disconnected.
+    pub fn pinned_idle_deadline(&self) -> Option<Instant> {
+        (!self.pinned_idle.is_zero()).then(|| self.last_client_activity + self.pinned_idle)
+    }
+
+    /// The error for a pinned client whose idle deadline passed.
+    pub fn pinned_expired(&self) -> SessionError {
+        SessionError::PinnedIdleTimeout(self.pinned_idle)
     }
 
     /// When a silent client is disconnected, inside or outside a transaction.

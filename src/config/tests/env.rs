@@ -121,7 +121,7 @@ fn env_errors_name_the_variable() {
         &[("SLUICE_DEFAULTS__POOLSIZE", "10")],
         "defaults.poolsize: unknown key, expected one of `pool_mode`, `pool_size`, `min_pool_size`, \
          `reserve_pool_size`, `reserve_pool_timeout`, `max_client_connections`, `query_wait_timeout`, `server_connect_timeout`, `auth_type`, \
-         `max_prepared_statements`, `query_timeout`, `query_cancel_grace`, `idle_transaction_timeout`, \
+         `max_prepared_statements`, `query_timeout`, `query_cancel_grace`, `session_state`, `pinned_idle_timeout`, `idle_transaction_timeout`, \
          `client_idle_timeout`, `server_idle_timeout`, `server_lifetime`",
         "from environment variable SLUICE_DEFAULTS__POOLSIZE",
     );

@@ -56,6 +56,17 @@ impl ToServer {
     pub(super) fn untranslated(&self) -> &[u8] {
         &self.buf[self.direct..]
     }
+
+    /// Replaces the next untranslated message (`len` bytes, all buffered) with
+    /// `replacement`, which is then translated in its place. Copies the rest of the
+    /// buffer: for the rare statement sluice rewrites whole.
+    pub(super) fn replace_next(&mut self, len: usize, replacement: &[u8]) {
+        let at = self.direct;
+        let rest = self.buf.split_off(at + len);
+        self.buf.truncate(at);
+        self.buf.extend_from_slice(replacement);
+        self.buf.extend_from_slice(&rest);
+    }
 }
 
 /// Server bytes on their way to the client, straight from the server's read buffer.

@@ -37,9 +37,11 @@ use buffers::{
 };
 use interrupts::Interrupts;
 
-use super::effects::Effects;
+use super::effects::{Effects, StatementEffects};
+use super::pins::Pins;
 use super::statements::{ClientStatements, ResponseFilter};
 use super::timeouts::{Deadline, QueryDeadline, Timeouts};
+use super::transaction::Transaction;
 use crate::cancel::CancelTarget;
 use crate::client::{report_error, SessionError};
 use crate::lifecycle::{Drain, Pause};
@@ -83,6 +85,15 @@ pub struct Relay<'a> {
     filter: ResponseFilter,
     /// Effects of the client's statements waiting for the server to confirm them.
     effects: Effects,
+    /// What the client's prepared statements and unnamed portal do.
+    statement_effects: StatementEffects,
+    /// The transaction the client is in, as its statements describe it.
+    transaction: Transaction,
+    /// Session state that keeps the client on its server connection.
+    pins: Pins,
+    /// A statement sluice could not read may have left anything on the server connection:
+    /// it is reset with DISCARD ALL before another client gets it.
+    unknown_state: bool,
     timeouts: Timeouts,
     /// The session parameters the client asked for, kept up to date with its own SETs.
     desired: Parameters,
@@ -161,6 +172,10 @@ impl<'a> Relay<'a> {
             statements: tracks_statements.then(|| ClientStatements::new(client_id)),
             filter: ResponseFilter::default(),
             effects: Effects::default(),
+            statement_effects: StatementEffects::default(),
+            transaction: Transaction::default(),
+            pins: Pins::default(),
+            unknown_state: false,
             timeouts: Timeouts::new(settings),
             startup: desired.clone(),
             desired,
@@ -182,19 +197,8 @@ impl<'a> Relay<'a> {
         let client_at_boundary = self.to_client.body_left == 0 && self.to_client.forwardable == 0;
         if self.is_releasable() && !self.tenant.is_session_mode() {
             self.release();
-        } else if let Some(server) = self.server.take() {
-            self.lease_ended(&server);
-            let partial = self.to_server.body_left > 0;
-            let mut unsent = std::mem::take(&mut self.to_server.assembled);
-            unsent.extend_from_slice(&self.to_server.buf[..self.to_server.direct]);
-            let discard_all = self.tenant.is_session_mode();
-            let cancel = self.cancel.detach().then(|| self.cancel.clone());
-            tokio::spawn(async move {
-                if let Some(cancel) = cancel {
-                    cancel.cancels_finished().await;
-                }
-                reset_or_close(server, unsent.freeze(), partial, discard_all).await
-            });
+        } else {
+            self.hand_over_for_reset();
         }
         if let Err(e) = &result {
             if client_at_boundary {
@@ -204,9 +208,47 @@ impl<'a> Relay<'a> {
         result
     }
 
+    /// Hands the server connection, not idle or holding session state, to a reset that
+    /// makes it clean (`DISCARD ALL` where session state may remain) or closes it.
+    fn hand_over_for_reset(&mut self) {
+        let Some(server) = self.server.take() else {
+            return;
+        };
+        self.lease_ended(&server);
+        let partial = self.to_server.body_left > 0;
+        let mut unsent = std::mem::take(&mut self.to_server.assembled);
+        unsent.extend_from_slice(&self.to_server.buf[..self.to_server.direct]);
+        let discard_all =
+            self.tenant.is_session_mode() || !self.pins.is_empty() || self.unknown_state;
+        if self.pins.must_close() {
+            // A loaded library cannot be taken off a connection.
+            self.tenant
+                .cluster
+                .metrics
+                .disconnected(Disconnect::ResetFailed);
+            self.cancel.detach();
+            server.close();
+        } else {
+            let cancel = self.cancel.detach().then(|| self.cancel.clone());
+            tokio::spawn(async move {
+                if let Some(cancel) = cancel {
+                    cancel.cancels_finished().await;
+                }
+                reset_or_close(server, unsent.freeze(), partial, discard_all).await
+            });
+        }
+        self.pins = Pins::default();
+        self.unknown_state = false;
+        self.transaction.abandon();
+        self.cancel.client.set_pins(0);
+    }
+
     /// Gives the clean server connection back to the pool; if a cancel aimed at it is
     /// still in flight, only once that cancel has landed.
     fn release(&mut self) {
+        if self.unknown_state {
+            return self.hand_over_for_reset();
+        }
         let Some(server) = self.server.take() else {
             return;
         };
@@ -364,8 +406,11 @@ impl<'a> Relay<'a> {
         let read_server = self.to_client.forwardable == 0;
         let in_transaction = exchange.status() != TransactionStatus::Idle;
         let busy = exchange.is_busy();
+        let pinned = !self.pins.is_empty() && !in_transaction;
         let deadline = if busy {
             self.timeouts.query_deadline()
+        } else if pinned {
+            self.timeouts.pinned_idle_deadline()
         } else {
             self.timeouts.idle_deadline(in_transaction)
         };
@@ -397,6 +442,9 @@ impl<'a> Relay<'a> {
             biased;
             error = poll_fn(|cx| interrupts.poll(cx, releasable)) => return Err(error),
             () = Deadline::sleep(deadline) => {
+                if pinned && !busy {
+                    return Err(self.timeouts.pinned_expired());
+                }
                 if !busy {
                     return Err(self.timeouts.expired(in_transaction));
                 }
@@ -460,6 +508,7 @@ impl<'a> Relay<'a> {
             return true;
         };
         server.exchange.is_idle()
+            && self.pins.is_empty()
             && self.to_server.body_left == 0
             && self.to_server.pending() == 0
             && self.to_client.body_left == 0

@@ -9,16 +9,20 @@
 
 use super::{Relay, MAX_INSPECTED_QUERY};
 use crate::client::SessionError;
+use crate::config::SessionState;
 use crate::server::parameters::Parameters;
 use crate::server::ServerConn;
-use crate::session::effects::{self, Effect};
+use crate::session::classify::{self, Effect, Pin, Value};
+use crate::session::pins::Pins;
 use crate::session::statements::{self, ClientStatements, Confirm, Plan};
+use crate::session::transaction::Outcome;
 use crate::stats::add_micros;
 use bytes::{Buf, Bytes};
 use sluice_protocol::backend;
-use sluice_protocol::exchange::Answer;
-use sluice_protocol::extended::{self, encode_bind, encode_target};
+use sluice_protocol::exchange::{Answer, TransactionStatus};
+use sluice_protocol::extended::{self, encode_bind, encode_parse, encode_target};
 use sluice_protocol::frame::{frontend_header, Header, HEADER_LEN};
+use sluice_protocol::frontend::encode_query;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
@@ -44,7 +48,12 @@ impl Relay<'_> {
             };
             let whole = header.message_len();
             let tracked = self.statements.is_some();
+            let pooled = !self.tenant.is_session_mode();
             let needs_whole = (tracked && matches!(header.tag, b'P' | b'B' | b'D' | b'C'))
+                || (pooled && header.tag == b'P')
+                || (pooled
+                    && header.tag == b'E'
+                    && !self.statement_effects.unnamed_portal().is_empty())
                 || (header.tag == b'Q' && header.body_len <= MAX_INSPECTED_QUERY);
             if needs_whole && out.untranslated().len() < whole {
                 out.need_whole = whole;
@@ -59,9 +68,14 @@ impl Relay<'_> {
                 return Ok(());
             }
             if header.tag == b'Q' {
-                self.simple_query(&header);
+                self.forget_unnamed();
             }
-            let replaced = needs_whole && header.tag != b'Q' && tracked && {
+            if pooled && self.session_effects(&header)? {
+                // The message was replaced: read it again.
+                continue;
+            }
+            let statement_message = tracked && matches!(header.tag, b'P' | b'B' | b'D' | b'C');
+            let replaced = statement_message && {
                 let replaced = self.statement_message(header.tag, whole)?;
                 if !replaced && header.tag == b'C' {
                     self.filter.close_sent(false);
@@ -110,22 +124,107 @@ impl Relay<'_> {
             .expect("sluice injects Close and Parse only");
     }
 
-    /// A simple query drops the unnamed statement; its statements' effects are expected
-    /// (a query too long to read whole leaves everything they could change unknown).
-    pub(super) fn simple_query(&mut self, header: &Header) {
+    /// A simple query drops the unnamed statement (and portal).
+    fn forget_unnamed(&mut self) {
         let server: &mut ServerConn = self.server.as_mut().expect("attached");
         server.statements.set_unnamed(None);
         if let Some(client) = &mut self.statements {
             client.forget_unnamed();
         }
-        let effects = &mut self.effects;
-        if header.body_len > MAX_INSPECTED_QUERY {
-            effects.expect(None, Effect::Unknown);
-            return;
+        self.statement_effects.query_sent();
+    }
+
+    /// Transaction mode: records what a client message will do to the session (see
+    /// `classify`), to be confirmed by the server's answers; with `session_state =
+    /// "reject"`, replaces a statement that would pin the client with one that fails with
+    /// 0A000 on the server (which then answers exactly as for a failed statement) and
+    /// returns true.
+    fn session_effects(&mut self, header: &Header) -> Result<bool, SessionError> {
+        let whole = header.message_len();
+        let available = self.to_server.untranslated();
+        let body = &available[HEADER_LEN..whole.min(available.len())];
+        let tracked = self.statements.is_some();
+        match header.tag {
+            b'Q' => {
+                if header.body_len > MAX_INSPECTED_QUERY {
+                    // Not read whole: anything may have changed.
+                    self.effects.expect(None, Effect::Unknown);
+                    return Ok(false);
+                }
+                let text = body.strip_suffix(b"\0").unwrap_or(body);
+                let mut found = Vec::new();
+                classify::effects_of(text, |index, effect| found.push((index, effect)));
+                if let Some(pin) = self.rejected(found.iter().map(|(_, e)| e)) {
+                    let mut replacement = bytes::BytesMut::new();
+                    encode_query(&mut replacement, &rejection(&pin));
+                    self.to_server.replace_next(whole, &replacement);
+                    return Ok(true);
+                }
+                for (index, effect) in found {
+                    self.effects.expect(Some(index), effect);
+                }
+            }
+            b'P' => {
+                let parse = extended::parse_parse(body)?;
+                let text = parse.rest.split(|&b| b == 0).next().unwrap_or_default();
+                let mut found = Vec::new();
+                classify::effects_of(text, |_, effect| found.push(effect));
+                if let Some(pin) = self.rejected(found.iter()) {
+                    // A statement with no parameters: its Execute fails with the error.
+                    let mut rest = rejection(&pin).into_bytes();
+                    rest.extend_from_slice(&[0, 0, 0]);
+                    let mut replacement = bytes::BytesMut::new();
+                    encode_parse(&mut replacement, parse.statement, &rest);
+                    self.to_server.replace_next(whole, &replacement);
+                    return Ok(true);
+                }
+                if tracked {
+                    self.statement_effects.parsed(parse.statement, found);
+                } else {
+                    // Statements are not followed to their Executes without tracking:
+                    // conservatively, as if it ran in this batch.
+                    for effect in found {
+                        self.effects.expect(None, effect);
+                    }
+                }
+            }
+            b'B' if tracked => {
+                let bind = extended::parse_bind(body)?;
+                for effect in self.statement_effects.bound(bind.portal, bind.statement) {
+                    self.effects.expect(None, effect.clone());
+                }
+            }
+            b'E' => {
+                let index = self.effects.execute_sent();
+                let unnamed_portal = body.first() == Some(&0);
+                if unnamed_portal {
+                    for effect in self.statement_effects.unnamed_portal() {
+                        self.effects.expect(Some(index), effect.clone());
+                    }
+                }
+            }
+            b'C' if tracked => {
+                let target = extended::parse_target(body)?;
+                if target.is_statement() {
+                    self.statement_effects.closed(target.name);
+                }
+            }
+            _ => {}
         }
-        let body = &self.to_server.untranslated()[HEADER_LEN..header.message_len()];
-        let text = body.strip_suffix(b"\0").unwrap_or(body);
-        effects::of_query(text, |index, effect| effects.expect(Some(index), effect));
+        Ok(false)
+    }
+
+    /// Under `session_state = "reject"`, the first state among `effects` that would pin.
+    fn rejected<'e>(&self, effects: impl Iterator<Item = &'e Effect>) -> Option<Pin> {
+        if self.tenant.settings.session_state != SessionState::Reject {
+            return None;
+        }
+        effects
+            .filter_map(|effect| match effect {
+                Effect::Pin(pin) => Some(pin.clone()),
+                _ => None,
+            })
+            .next()
     }
 
     /// Handles a complete Parse, Bind, Describe or Close at the translation point.
@@ -145,12 +244,6 @@ impl Relay<'_> {
         let plan = match tag {
             b'P' => {
                 let parse = extended::parse_parse(body)?;
-                let text = parse.rest.split(|&b| b == 0).next().unwrap_or_default();
-                if effects::classify(text).is_some() {
-                    // Whether and when it runs is up to later Binds and Executes: what it
-                    // could change becomes unknown once its batch is answered.
-                    self.effects.expect(None, Effect::Unknown);
-                }
                 if parse.statement.is_empty() {
                     server.set_unnamed(None);
                     let owner = client.remember_unnamed(message);
@@ -306,7 +399,7 @@ impl Relay<'_> {
                 Err(e) => return Err(self.backend_failed(e)),
             };
             match answer {
-                Answer::Ready(_) => self.request_answered(),
+                Answer::Ready(status) => self.request_answered(status),
                 Answer::Completed => self.effects.completed(),
                 Answer::CopyIn { silenced } => {
                     for _ in 0..silenced {
@@ -318,6 +411,10 @@ impl Relay<'_> {
                 Answer::Other => {}
             }
             let server: &mut ServerConn = self.server.as_mut().expect("attached");
+            if header.tag == b'E' && server.exchange.is_busy() {
+                // An error in a request (a FATAL while nothing is owed only ends it).
+                self.effects.failed();
+            }
             if !matches!(answer, Answer::Ready(_)) && !server.exchange.is_busy() {
                 // Everything sent is answered (a batch without a Sync may stay open).
                 self.timeouts.answered();
@@ -351,22 +448,38 @@ impl Relay<'_> {
 
     /// A ReadyForQuery answered the oldest request: statement records, effects, timers
     /// and statistics follow.
-    fn request_answered(&mut self) {
+    fn request_answered(&mut self, status: TransactionStatus) {
         let Relay {
             server,
             statements,
             filter,
             effects,
+            transaction,
+            pins,
+            unknown_state,
             desired,
             startup,
             timeouts,
             requests_started,
             tenant,
+            cancel,
             ..
         } = self;
         let server: &mut ServerConn = server.as_mut().expect("attached");
         filter.batch_done(statements.as_mut());
-        effects.ready(|effect| apply(effect, server, statements.as_mut(), desired, startup));
+        let mut session = Session {
+            server,
+            client: statements.as_mut(),
+            desired,
+            startup,
+            pins,
+            unknown_state,
+        };
+        let mut outcome = |outcome: Outcome| session.apply(outcome);
+        effects.ready(|event| transaction.event(event, &mut outcome));
+        transaction.ready(status, &mut outcome);
+        cancel.client.set_pins(pins.reasons());
+        let server: &mut ServerConn = self.server.as_mut().expect("attached");
         timeouts.ready_received(server.exchange.is_busy());
         if let Some(sent) = requests_started.pop_front() {
             let took = sent.elapsed();
@@ -378,40 +491,87 @@ impl Relay<'_> {
     }
 }
 
-/// Applies a confirmed effect to sluice's records of the server session and of what the
-/// client wants.
-fn apply(
-    effect: Effect,
-    server: &mut ServerConn,
-    client: Option<&mut ClientStatements>,
-    desired: &mut Parameters,
-    startup: &Parameters,
-) {
-    match effect {
-        Effect::DiscardAll | Effect::DeallocateAll => {
-            server.statements.clear();
-            if let Some(client) = client {
-                client.clear();
-            }
-            if effect == Effect::DiscardAll {
-                server.params.reset_to_login();
-                *desired = startup.clone();
-            }
-        }
-        // PostgreSQL resets settings to the session's startup values; the server
-        // connection has other ones, so sluice restores the client's (re-applied at its
-        // next lease).
-        Effect::ResetAll => {
-            server.params.reset_to_login();
-            *desired = startup.clone();
-        }
-        Effect::Reset(name) => {
-            server.params.current.forget(&name);
-            desired.restore(&name, startup, &server.params.login);
-        }
-        Effect::Unknown => {
-            server.statements.clear();
-            server.params.forget_all();
+/// The records an outcome of the client's statements changes.
+struct Session<'r> {
+    server: &'r mut ServerConn,
+    client: Option<&'r mut ClientStatements>,
+    desired: &'r mut Parameters,
+    startup: &'r Parameters,
+    pins: &'r mut Pins,
+    unknown_state: &'r mut bool,
+}
+
+impl Session<'_> {
+    /// Applies what one of the client's statements did to sluice's records of the server
+    /// session and of what the client wants. A setting the server reports is left to its
+    /// ParameterStatus, which says exactly what it holds.
+    fn apply(&mut self, outcome: Outcome) {
+        let reported = |server: &ServerConn, name: &str| server.params.login.get(name).is_some();
+        match outcome {
+            Outcome::Holds(effect) => match effect {
+                Effect::DiscardAll | Effect::DeallocateAll => {
+                    self.server.statements.clear();
+                    if let Some(client) = self.client.as_deref_mut() {
+                        client.clear();
+                    }
+                    if effect == Effect::DiscardAll {
+                        self.server.params.reset_to_login();
+                        *self.desired = self.startup.clone();
+                        self.pins.discard_all();
+                    } else {
+                        self.pins.deallocate_all();
+                    }
+                }
+                // PostgreSQL resets settings to the session's startup values; the server
+                // connection has other ones, so sluice restores the client's (re-applied at
+                // its next lease).
+                Effect::ResetAll => {
+                    self.server.params.reset_to_login();
+                    *self.desired = self.startup.clone();
+                }
+                Effect::Reset(name) => {
+                    if !reported(self.server, &name) {
+                        self.server.params.current.forget(&name);
+                    }
+                    self.desired
+                        .restore(&name, self.startup, &self.server.params.login);
+                }
+                Effect::Set { name, value } if !reported(self.server, &name) => match value {
+                    Value::Known(value) => {
+                        self.server.params.current.set(&name, &value);
+                        self.desired.set(&name, &value);
+                    }
+                    _ => self.server.params.dirty(&name),
+                },
+                Effect::Pin(pin) => self.pins.hold(pin),
+                Effect::Unpin(unpin) => self.pins.release(&unpin),
+                Effect::Unknown => {
+                    self.server.statements.clear();
+                    self.server.params.dirty_all();
+                    *self.unknown_state = true;
+                }
+                _ => {}
+            },
+            // Assume the worst for the next client: reset what may be set, keep the pin.
+            Outcome::Uncertain(effect) => match effect {
+                Effect::Set { name, .. } | Effect::Reset(name) if !reported(self.server, &name) => {
+                    self.server.params.dirty(&name);
+                }
+                Effect::ResetAll => self.server.params.dirty_all(),
+                Effect::Pin(pin) => self.pins.hold(pin),
+                _ => {}
+            },
         }
     }
+}
+
+/// A statement that fails on the server with 0A000, naming the feature `pin` stands for.
+fn rejection(pin: &Pin) -> String {
+    format!(
+        "DO $sluice$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', \
+         MESSAGE = 'in transaction pooling, {} cannot follow a client between server \
+         connections, and this tenant rejects them (session_state = \"reject\")', \
+         HINT = 'Use session pooling (pool_mode = \"session\") for them, or session_state = \"pin\".'; END$sluice$",
+        pin.feature()
+    )
 }
