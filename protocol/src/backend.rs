@@ -128,6 +128,28 @@ pub fn parse_error_fields(body: &[u8]) -> Result<ErrorFields<'_>, ProtocolError>
     })
 }
 
+/// A NotificationResponse: the notifying backend's pid, the channel and the payload.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Notification<'a> {
+    pub pid: i32,
+    pub channel: &'a str,
+    pub payload: &'a str,
+}
+
+/// Parses the body of a NotificationResponse.
+pub fn parse_notification(body: &[u8]) -> Result<Notification<'_>, ProtocolError> {
+    let mut reader = BodyReader::new(body);
+    let pid = reader.i32()?;
+    let channel = reader.cstr()?;
+    let payload = reader.cstr()?;
+    reader.finish()?;
+    Ok(Notification {
+        pid,
+        channel,
+        payload,
+    })
+}
+
 /// Appends an ErrorResponse with severity (`S` and `V`), SQLSTATE (`C`) and message (`M`).
 pub fn encode_error(buf: &mut BytesMut, severity: &str, code: &str, message: &str) {
     encode_error_fields(buf, b'E', severity, code, message);

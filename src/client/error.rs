@@ -9,6 +9,7 @@ use crate::net::{ReadError, Stream};
 use crate::pool::CheckoutError;
 use crate::server::ConnectError;
 use crate::tenant::auth_query::LookupError;
+use crate::tenant::listener::Ended;
 use bytes::BytesMut;
 use sluice_protocol::{backend, ProtocolError};
 use std::sync::Arc;
@@ -95,6 +96,11 @@ pub enum SessionError {
     QueryTimeout { timeout: Duration, grace: Duration },
     #[error("the server connection went out of sync ({0}) and was closed")]
     ServerOutOfSync(String),
+    #[error("terminating connection: {}", match .0 {
+        Ended::Overflow => "it left too many notifications unread",
+        Ended::Lost => "the listening server connection was lost; notifications may have been missed",
+    })]
+    NotificationsEnded(Ended),
     #[error("internal error: {0}")]
     Internal(&'static str),
 }
@@ -111,6 +117,7 @@ impl SessionError {
             SessionError::ServerUnavailable { .. }
             | SessionError::ServerLost(_)
             | SessionError::ServerOutOfSync(_)
+            | SessionError::NotificationsEnded(Ended::Lost)
             | SessionError::AuthQuery { .. } => ErrorKind::Server,
             SessionError::Internal(_) => ErrorKind::Internal,
             _ => ErrorKind::Client,
@@ -135,6 +142,8 @@ impl SessionError {
                 "57P01"
             }
             SessionError::IdleInTransactionTimeout(_) => "25P03",
+            SessionError::NotificationsEnded(Ended::Overflow) => "53400",
+            SessionError::NotificationsEnded(Ended::Lost) => "08006",
             SessionError::ClientIdleTimeout(_) | SessionError::PinnedIdleTimeout(_) => "57P05",
             SessionError::ServerUnavailable { source, tenant }
                 if matches!(**source, ConnectError::Rejected { .. }) =>

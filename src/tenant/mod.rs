@@ -13,6 +13,7 @@
 
 pub mod auth_query;
 pub mod dynamic;
+pub mod listener;
 mod registry;
 
 pub use registry::{ResolveError, Resolved, Tenants, Unknown};
@@ -25,11 +26,13 @@ use crate::pool::{self, Pool};
 use crate::server::parameters::Parameters;
 use crate::server::{LearnedCredentials, ServerCredentials, ServerPassword, ServerTarget};
 use crate::stats::{ServerRegistry, TenantStats};
+use listener::Listener;
 use sluice_protocol::md5::md5_password_hash;
 use sluice_protocol::scram::{ScramError, ScramSecret};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 /// Iterations for SCRAM verifiers sluice derives from plaintext passwords (PostgreSQL's default).
 const SCRAM_ITERATIONS: u32 = 4096;
@@ -59,6 +62,10 @@ pub struct Tenant {
     /// Started when a reload removes the tenant: its clients leave after their
     /// transaction.
     pub retired: Drain,
+    /// Where and as whom its server connections log in (for the listening connection).
+    target: ServerTarget,
+    /// LISTEN/NOTIFY for its clients in transaction mode, made on the first LISTEN.
+    listener: OnceLock<Listener>,
 }
 
 /// A connected client counted against its tenant's `max_client_connections`.
@@ -110,7 +117,7 @@ impl Tenant {
         let stats = Arc::new(TenantStats::default());
         let servers = Arc::new(ServerRegistry::default());
         let pool = Pool::new(
-            target,
+            target.clone(),
             pool::Shared {
                 cluster: cluster.clone(),
                 stats: stats.clone(),
@@ -134,6 +141,8 @@ impl Tenant {
             clients: AtomicU32::new(0),
             paused: AtomicBool::new(false),
             retired: Drain::default(),
+            target,
+            listener: OnceLock::new(),
         }
     }
 
@@ -162,6 +171,28 @@ impl Tenant {
     /// "database/user", how logs and client-facing errors name a tenant.
     pub fn name(&self) -> String {
         self.to_string()
+    }
+
+    /// The tenant's LISTEN/NOTIFY: one listening server connection (a pool of one in the
+    /// cluster's budget) for all its clients.
+    pub fn listener(&self) -> &Listener {
+        self.listener.get_or_init(|| {
+            let pool = Pool::new(
+                self.target.clone(),
+                pool::Shared {
+                    cluster: self.cluster.clone(),
+                    stats: self.stats.clone(),
+                    servers: self.servers.clone(),
+                },
+                pool::Limits {
+                    size: 1,
+                    reserve_size: 0,
+                    reserve_timeout: Duration::ZERO,
+                    lifetime: Duration::ZERO,
+                },
+            );
+            Listener::new(pool, self.settings.query_wait_timeout)
+        })
     }
 
     /// The parameters the tenant's server reported at its latest login: the defaults

@@ -367,3 +367,20 @@ fn malformed_data_rows_are_refused_before_allocating() {
         assert!(parse_data_row(&body[..end]).is_err());
     }
 }
+
+#[test]
+fn notifications_parse_and_refuse_truncations() {
+    let mut body = 42i32.to_be_bytes().to_vec();
+    body.extend_from_slice(b"ch1\0hello\0");
+    assert_eq!(
+        parse_notification(&body),
+        Ok(Notification {
+            pid: 42,
+            channel: "ch1",
+            payload: "hello"
+        })
+    );
+    for len in 0..body.len() {
+        assert!(parse_notification(&body[..len]).is_err(), "{len} bytes");
+    }
+}

@@ -37,6 +37,7 @@ use buffers::{
 };
 use interrupts::Interrupts;
 
+use super::classify::{self, Effect};
 use super::effects::{Effects, StatementEffects};
 use super::pins::Pins;
 use super::statements::{ClientStatements, ResponseFilter};
@@ -47,15 +48,17 @@ use crate::client::{report_error, SessionError};
 use crate::lifecycle::{Drain, Pause};
 use crate::net::{read_message, ReadError, Stream};
 use crate::pool::cluster::Disconnect;
+use crate::pool::CheckoutError;
 use crate::pool::Lease;
 use crate::server::parameters::Parameters;
 use crate::server::{self, BackendError, ServerConn};
 use crate::stats::{add_micros, ClientState};
+use crate::tenant::listener::{Ended, ListenError, Subscription};
 use crate::tenant::Tenant;
 use bytes::{Buf, Bytes, BytesMut};
 use sluice_protocol::backend;
 use sluice_protocol::exchange::TransactionStatus;
-use sluice_protocol::frame::{frontend_header, Header};
+use sluice_protocol::frame::{frontend_header, Header, HEADER_LEN};
 use sluice_protocol::frontend::encode_query;
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -94,6 +97,8 @@ pub struct Relay<'a> {
     /// A statement sluice could not read may have left anything on the server connection:
     /// it is reset with DISCARD ALL before another client gets it.
     unknown_state: bool,
+    /// The client's notifications, once it has LISTENed (transaction mode).
+    subscription: Option<Subscription>,
     timeouts: Timeouts,
     /// The session parameters the client asked for, kept up to date with its own SETs.
     desired: Parameters,
@@ -176,6 +181,7 @@ impl<'a> Relay<'a> {
             transaction: Transaction::default(),
             pins: Pins::default(),
             unknown_state: false,
+            subscription: None,
             timeouts: Timeouts::new(settings),
             startup: desired.clone(),
             desired,
@@ -194,6 +200,9 @@ impl<'a> Relay<'a> {
     /// reported to the client when that cannot cut a server message in two.
     pub async fn run(mut self) -> Result<(), SessionError> {
         let result = self.relay().await;
+        if self.subscription.is_some() {
+            self.tenant.listener().unlisten_all(self.cancel.client.id);
+        }
         let client_at_boundary = self.to_client.body_left == 0 && self.to_client.forwardable == 0;
         if self.is_releasable() && !self.tenant.is_session_mode() {
             self.release();
@@ -304,6 +313,21 @@ impl<'a> Relay<'a> {
             self.sync_parameters(interrupts).await?;
         }
         loop {
+            if self.at_request_boundary() {
+                match self.listen_request()? {
+                    ListenRequest::Answer(effect, len) => {
+                        self.answer_listen(effect, len).await?;
+                        continue;
+                    }
+                    ListenRequest::Incomplete(len) if self.server.is_none() => {
+                        // Read the query whole before leasing anything for it.
+                        self.to_server.need_whole = len;
+                        self.wait_idle(interrupts).await?;
+                        continue;
+                    }
+                    ListenRequest::Incomplete(_) | ListenRequest::Other => {}
+                }
+            }
             if self.server.is_none() {
                 match frontend_header(self.to_server.untranslated())? {
                     Some(Header { tag: b'X', .. }) => return Ok(()),
@@ -355,6 +379,10 @@ impl<'a> Relay<'a> {
                     biased;
                     error = poll_fn(|cx| interrupts.poll(cx, true)) => return Err(error),
                     () = Deadline::sleep(deadline) => return Err(self.timeouts.expired(false)),
+                    delivery = next_notification(&mut self.subscription) => {
+                        self.to_server.buf = take_read_buffer();
+                        return self.deliver(delivery).await;
+                    }
                     ready = tcp.readable() => ready.map_err(SessionError::ClientIo)?,
                 }
                 // The read below then completes at once. It goes through `poll_read`, not
@@ -372,6 +400,9 @@ impl<'a> Relay<'a> {
             biased;
             error = poll_fn(|cx| interrupts.poll(cx, true)) => return Err(error),
             () = Deadline::sleep(deadline) => return Err(self.timeouts.expired(false)),
+            delivery = next_notification(&mut self.subscription) => {
+                return self.deliver(delivery).await;
+            }
             read = self.client.read_buf(buf) => read.map_err(SessionError::ClientIo)?,
         };
         self.client_read(read);
@@ -399,6 +430,7 @@ impl<'a> Relay<'a> {
         interrupts: &mut Interrupts<'_, '_>,
     ) -> Result<(), SessionError> {
         let releasable = self.is_releasable();
+        let deliverable = self.at_request_boundary();
         let exchange = &self.server.as_ref().expect("attached").exchange;
         // A client that pipelines without reading is not read further until the server
         // answers: the exchange's record of what is owed stays bounded.
@@ -435,6 +467,13 @@ impl<'a> Relay<'a> {
             read_server,
         };
         let io = std::future::poll_fn(|cx| ends.poll(cx));
+        // Between the client's requests only, as PostgreSQL delivers them.
+        let subscription = if deliverable {
+            &mut self.subscription
+        } else {
+            &mut None
+        };
+        let notification = next_notification(subscription);
         // Biased: interrupts, then timers, then I/O, so a connection that always has
         // bytes to move cannot starve a kill or a query timeout. Every branch is
         // cancel-safe (`Ends::poll` loses nothing when dropped between calls).
@@ -465,6 +504,7 @@ impl<'a> Relay<'a> {
                     }
                 }
             }
+            delivery = notification => return self.deliver(delivery).await,
             event = io => event,
         };
         let server_is_tls = self.server.as_ref().is_some_and(|s| s.stream.is_tls());
@@ -500,6 +540,129 @@ impl<'a> Relay<'a> {
             Io::ServerFlushed(Err(e)) => return Err(self.server_lost(&e.to_string())),
         }
         Ok(())
+    }
+
+    /// Transaction mode, between the client's requests: no server connection, or an idle
+    /// one with no byte in flight (a pinned client between transactions).
+    fn at_request_boundary(&self) -> bool {
+        if self.tenant.is_session_mode() {
+            return false;
+        }
+        match &self.server {
+            None => true,
+            Some(server) => {
+                server.exchange.is_idle()
+                    && self.to_server.pending() == 0
+                    && self.to_server.body_left == 0
+                    && self.to_client.forwardable == 0
+                    && self.to_client.body_left == 0
+            }
+        }
+    }
+
+    /// Whether the client's next message is a LISTEN or UNLISTEN sluice answers itself: a
+    /// simple query holding only that statement.
+    fn listen_request(&self) -> Result<ListenRequest, SessionError> {
+        let untranslated = self.to_server.untranslated();
+        let Some(header) = frontend_header(untranslated)? else {
+            return Ok(ListenRequest::Other);
+        };
+        if header.tag != b'Q' || header.body_len > MAX_INSPECTED_QUERY {
+            return Ok(ListenRequest::Other);
+        }
+        let whole = header.message_len();
+        if untranslated.len() < whole {
+            return Ok(ListenRequest::Incomplete(whole));
+        }
+        let body = &untranslated[HEADER_LEN..whole];
+        let text = body.strip_suffix(b"\0").unwrap_or(body);
+        let listen = sluice_protocol::sql::first_word(text).is_some_and(|word| {
+            word.eq_ignore_ascii_case(b"listen") || word.eq_ignore_ascii_case(b"unlisten")
+        });
+        if !listen || sluice_protocol::sql::statements(text).count() != 1 {
+            return Ok(ListenRequest::Other);
+        }
+        let mut found = None;
+        classify::effects_of(text, |_, effect| found = Some(effect));
+        Ok(match found {
+            Some(effect @ (Effect::Listen(_) | Effect::Unlisten(_) | Effect::UnlistenAll)) => {
+                ListenRequest::Answer(effect, whole)
+            }
+            _ => ListenRequest::Other,
+        })
+    }
+
+    /// Answers a LISTEN or UNLISTEN (the next `len` bytes from the client) through the
+    /// tenant's listening connection.
+    async fn answer_listen(&mut self, effect: Effect, len: usize) -> Result<(), SessionError> {
+        self.to_server.buf.advance(len);
+        // As any simple query, it drops the unnamed statement.
+        if let Some(server) = self.server.as_mut() {
+            server.statements.set_unnamed(None);
+        }
+        if let Some(client) = &mut self.statements {
+            client.forget_unnamed();
+        }
+        self.statement_effects.query_sent();
+        let listener = self.tenant.listener();
+        let client_id = self.cancel.client.id;
+        let mut out = BytesMut::new();
+        match effect {
+            Effect::Listen(channel) => {
+                match listener
+                    .listen(&mut self.subscription, client_id, &channel)
+                    .await
+                {
+                    Ok(()) => backend::encode_command_complete(&mut out, "LISTEN"),
+                    Err(e) => {
+                        let code = match &e {
+                            ListenError::Connect(CheckoutError::Timeout) => "53300".to_owned(),
+                            ListenError::Refused { code, .. } => code.clone(),
+                            _ => "08006".to_owned(),
+                        };
+                        warn!(error = %e, "LISTEN failed");
+                        backend::encode_error(
+                            &mut out,
+                            "ERROR",
+                            &code,
+                            &format!("LISTEN failed: {e}"),
+                        );
+                    }
+                }
+            }
+            Effect::Unlisten(channel) => {
+                listener.unlisten(client_id, &channel);
+                backend::encode_command_complete(&mut out, "UNLISTEN");
+            }
+            _ => {
+                listener.unlisten_all(client_id);
+                backend::encode_command_complete(&mut out, "UNLISTEN");
+            }
+        }
+        backend::encode_ready_for_query(&mut out, b'I');
+        self.client
+            .write_all(&out)
+            .await
+            .map_err(SessionError::ClientIo)
+    }
+
+    /// Forwards a notification to the client, or ends the session if its notifications
+    /// ended (its queue overflowed, or the listening connection was lost).
+    async fn deliver(&mut self, delivery: Option<Bytes>) -> Result<(), SessionError> {
+        match delivery {
+            Some(notification) => self
+                .client
+                .write_all(&notification)
+                .await
+                .map_err(SessionError::ClientIo),
+            None => {
+                let why = self
+                    .subscription
+                    .take()
+                    .map_or(Ended::Lost, |s| s.why_ended());
+                Err(SessionError::NotificationsEnded(why))
+            }
+        }
     }
 
     /// True when the server owes nothing and every byte it sent reached the client.
@@ -708,6 +871,24 @@ impl<'a> Relay<'a> {
             self.tenant.cluster.metrics.disconnected(reason);
             server.close();
         }
+    }
+}
+
+/// Whether the client's next message is a LISTEN sluice answers.
+enum ListenRequest {
+    /// The effect, and the message's length.
+    Answer(Effect, usize),
+    /// A simple query not yet read whole (its length).
+    Incomplete(usize),
+    Other,
+}
+
+/// The client's next notification; `None` once its queue closed; never, without one.
+/// Cancel-safe.
+async fn next_notification(subscription: &mut Option<Subscription>) -> Option<Bytes> {
+    match subscription {
+        Some(subscription) => subscription.queue.recv().await,
+        None => std::future::pending().await,
     }
 }
 

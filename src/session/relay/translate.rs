@@ -12,11 +12,12 @@ use crate::client::SessionError;
 use crate::config::SessionState;
 use crate::server::parameters::Parameters;
 use crate::server::ServerConn;
-use crate::session::classify::{self, Effect, Pin, Value};
+use crate::session::classify::{self, Effect, Value};
 use crate::session::pins::Pins;
 use crate::session::statements::{self, ClientStatements, Confirm, Plan};
 use crate::session::transaction::Outcome;
 use crate::stats::add_micros;
+use crate::tenant::listener::Listener;
 use bytes::{Buf, Bytes};
 use sluice_protocol::backend;
 use sluice_protocol::exchange::{Answer, TransactionStatus};
@@ -154,9 +155,9 @@ impl Relay<'_> {
                 let text = body.strip_suffix(b"\0").unwrap_or(body);
                 let mut found = Vec::new();
                 classify::effects_of(text, |index, effect| found.push((index, effect)));
-                if let Some(pin) = self.rejected(found.iter().map(|(_, e)| e)) {
+                if let Some(rejection) = self.rejected(found.iter().map(|(_, e)| e)) {
                     let mut replacement = bytes::BytesMut::new();
-                    encode_query(&mut replacement, &rejection(&pin));
+                    encode_query(&mut replacement, &rejection);
                     self.to_server.replace_next(whole, &replacement);
                     return Ok(true);
                 }
@@ -169,9 +170,9 @@ impl Relay<'_> {
                 let text = parse.rest.split(|&b| b == 0).next().unwrap_or_default();
                 let mut found = Vec::new();
                 classify::effects_of(text, |_, effect| found.push(effect));
-                if let Some(pin) = self.rejected(found.iter()) {
+                if let Some(rejection) = self.rejected(found.iter()) {
                     // A statement with no parameters: its Execute fails with the error.
-                    let mut rest = rejection(&pin).into_bytes();
+                    let mut rest = rejection.into_bytes();
                     rest.extend_from_slice(&[0, 0, 0]);
                     let mut replacement = bytes::BytesMut::new();
                     encode_parse(&mut replacement, parse.statement, &rest);
@@ -214,17 +215,28 @@ impl Relay<'_> {
         Ok(false)
     }
 
-    /// Under `session_state = "reject"`, the first state among `effects` that would pin.
-    fn rejected<'e>(&self, effects: impl Iterator<Item = &'e Effect>) -> Option<Pin> {
-        if self.tenant.settings.session_state != SessionState::Reject {
-            return None;
-        }
-        effects
-            .filter_map(|effect| match effect {
-                Effect::Pin(pin) => Some(pin.clone()),
-                _ => None,
-            })
-            .next()
+    /// The statement to send instead, when one of `effects` is refused: a LISTEN sluice
+    /// cannot answer itself (in a transaction, a multi-statement query or the extended
+    /// protocol), or, under `session_state = "reject"`, state that would pin.
+    fn rejected<'e>(&self, mut effects: impl Iterator<Item = &'e Effect>) -> Option<String> {
+        let reject_pins = self.tenant.settings.session_state == SessionState::Reject;
+        effects.find_map(|effect| match effect {
+            Effect::Listen(_) => Some(rejection(
+                "in transaction pooling, LISTEN works only sent alone as a simple query \
+                 outside a transaction block",
+                "Send LISTEN on its own, or use session pooling (pool_mode = \"session\").",
+            )),
+            Effect::Pin(pin) if reject_pins => Some(rejection(
+                &format!(
+                    "in transaction pooling, {} cannot follow a client between server \
+                     connections, and this tenant rejects them (session_state = \"reject\")",
+                    pin.feature()
+                ),
+                "Use session pooling (pool_mode = \"session\") for them, or \
+                 session_state = \"pin\".",
+            )),
+            _ => None,
+        })
     }
 
     /// Handles a complete Parse, Bind, Describe or Close at the translation point.
@@ -457,6 +469,7 @@ impl Relay<'_> {
             transaction,
             pins,
             unknown_state,
+            subscription,
             desired,
             startup,
             timeouts,
@@ -467,8 +480,12 @@ impl Relay<'_> {
         } = self;
         let server: &mut ServerConn = server.as_mut().expect("attached");
         filter.batch_done(statements.as_mut());
+        let listening = subscription
+            .is_some()
+            .then(|| (tenant.listener(), cancel.client.id));
         let mut session = Session {
             server,
+            listening,
             client: statements.as_mut(),
             desired,
             startup,
@@ -494,6 +511,8 @@ impl Relay<'_> {
 /// The records an outcome of the client's statements changes.
 struct Session<'r> {
     server: &'r mut ServerConn,
+    /// The tenant's listener and the client, while the client listens.
+    listening: Option<(&'r Listener, u64)>,
     client: Option<&'r mut ClientStatements>,
     desired: &'r mut Parameters,
     startup: &'r Parameters,
@@ -518,6 +537,9 @@ impl Session<'_> {
                         self.server.params.reset_to_login();
                         *self.desired = self.startup.clone();
                         self.pins.discard_all();
+                        if let Some((listener, client)) = self.listening {
+                            listener.unlisten_all(client);
+                        }
                     } else {
                         self.pins.deallocate_all();
                     }
@@ -545,6 +567,18 @@ impl Session<'_> {
                 },
                 Effect::Pin(pin) => self.pins.hold(pin),
                 Effect::Unpin(unpin) => self.pins.release(&unpin),
+                // UNLISTEN passed to a pooled connection (in a multi-statement query, as
+                // asyncpg's reset sends it) changes nothing there: it is sluice's to do.
+                Effect::Unlisten(channel) => {
+                    if let Some((listener, client)) = self.listening {
+                        listener.unlisten(client, &channel);
+                    }
+                }
+                Effect::UnlistenAll => {
+                    if let Some((listener, client)) = self.listening {
+                        listener.unlisten_all(client);
+                    }
+                }
                 Effect::Unknown => {
                     self.server.statements.clear();
                     self.server.params.dirty_all();
@@ -565,13 +599,14 @@ impl Session<'_> {
     }
 }
 
-/// A statement that fails on the server with 0A000, naming the feature `pin` stands for.
-fn rejection(pin: &Pin) -> String {
+/// A statement that fails on the server with 0A000 and this message and hint: the server
+/// then answers exactly as for any failed statement (a transaction is aborted).
+fn rejection(message: &str, hint: &str) -> String {
+    let quote = |text: &str| text.replace('\'', "''");
     format!(
-        "DO $sluice$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', \
-         MESSAGE = 'in transaction pooling, {} cannot follow a client between server \
-         connections, and this tenant rejects them (session_state = \"reject\")', \
-         HINT = 'Use session pooling (pool_mode = \"session\") for them, or session_state = \"pin\".'; END$sluice$",
-        pin.feature()
+        "DO $sluice$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = '{}', \
+         HINT = '{}'; END$sluice$",
+        quote(message),
+        quote(hint)
     )
 }
