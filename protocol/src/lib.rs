@@ -20,6 +20,8 @@ pub mod scram;
 pub mod startup;
 
 #[cfg(test)]
+mod differential_tests;
+#[cfg(test)]
 mod smoke_tests;
 #[cfg(test)]
 mod test_support;
