@@ -22,6 +22,8 @@ pub mod sql;
 pub mod startup;
 
 #[cfg(test)]
+mod differential_tests;
+#[cfg(test)]
 mod smoke_tests;
 #[cfg(test)]
 mod test_support;

@@ -10,43 +10,7 @@ use crate::frame::{
 use crate::frontend::*;
 use crate::scram::{ScramClient, ScramSecret, ScramServer};
 use crate::startup::*;
-
-/// xorshift64: deterministic, so a failure reproduces.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn byte(&mut self) -> u8 {
-        self.next().to_le_bytes()[0]
-    }
-}
-
-/// One to four random edits: overwrite, insert or delete a byte, or truncate.
-fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
-    let mut bytes = seed.to_vec();
-    for _ in 0..=rng.below(4) {
-        let at = rng.below(bytes.len() + 1);
-        match rng.below(4) {
-            0 if at < bytes.len() => bytes[at] = rng.byte(),
-            1 => bytes.insert(at, rng.byte()),
-            2 if at < bytes.len() => {
-                bytes.remove(at);
-            }
-            _ => bytes.truncate(at),
-        }
-    }
-    bytes
-}
+use crate::test_support::{mutate, Rng};
 
 fn seeds(secret: &ScramSecret) -> Vec<Vec<u8>> {
     let mut seeds = Vec::new();
