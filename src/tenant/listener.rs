@@ -190,20 +190,6 @@ impl Listener {
         lock(&self.state).clients.remove(&client_id);
     }
 
-    /// The channels a client listens on (for tests and the console).
-    #[cfg(test)]
-    pub fn channels_of(&self, client_id: u64) -> Vec<String> {
-        let state = lock(&self.state);
-        let mut channels: Vec<String> = state
-            .channels
-            .iter()
-            .filter(|(_, listeners)| listeners.contains(&client_id))
-            .map(|(channel, _)| channel.clone())
-            .collect();
-        channels.sort();
-        channels
-    }
-
     /// Starts the task owning the listening connection; returns where to send it commands.
     fn start(&self) -> mpsc::UnboundedSender<Command> {
         let (commands, received) = mpsc::unbounded_channel();
