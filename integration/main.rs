@@ -19,6 +19,7 @@ mod errors;
 mod hygiene;
 mod isolation;
 mod libpq_pattern;
+mod listen_notify;
 mod observability;
 mod operations;
 mod pgbench;

@@ -51,9 +51,9 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    /// Why the queue was closed.
-    pub fn why_ended(&self) -> Ended {
-        lock(&self.ended).unwrap_or(Ended::Lost)
+    /// Why the queue was closed: `None` when the client simply listens no more.
+    pub fn why_ended(&self) -> Option<Ended> {
+        *lock(&self.ended)
     }
 }
 

@@ -53,7 +53,7 @@ use crate::pool::Lease;
 use crate::server::parameters::Parameters;
 use crate::server::{self, BackendError, ServerConn};
 use crate::stats::{add_micros, ClientState};
-use crate::tenant::listener::{Ended, ListenError, Subscription};
+use crate::tenant::listener::{ListenError, Subscription};
 use crate::tenant::Tenant;
 use bytes::{Buf, Bytes, BytesMut};
 use sluice_protocol::backend;
@@ -318,6 +318,10 @@ impl<'a> Relay<'a> {
                     ListenRequest::Answer(effect, len) => {
                         self.answer_listen(effect, len).await?;
                         continue;
+                    }
+                    // The client left in the middle of a query no server has seen.
+                    ListenRequest::Incomplete(_) if self.server.is_none() && self.terminated => {
+                        return Ok(())
                     }
                     ListenRequest::Incomplete(len) if self.server.is_none() => {
                         // Read the query whole before leasing anything for it.
@@ -655,13 +659,11 @@ impl<'a> Relay<'a> {
                 .write_all(&notification)
                 .await
                 .map_err(SessionError::ClientIo),
-            None => {
-                let why = self
-                    .subscription
-                    .take()
-                    .map_or(Ended::Lost, |s| s.why_ended());
-                Err(SessionError::NotificationsEnded(why))
-            }
+            None => match self.subscription.take().and_then(|s| s.why_ended()) {
+                Some(why) => Err(SessionError::NotificationsEnded(why)),
+                // It listens on no channel any more.
+                None => Ok(()),
+            },
         }
     }
 
