@@ -25,6 +25,7 @@ mod operations;
 mod pgbench;
 mod pipeline;
 mod prepared;
+mod relay_paths;
 mod session_params;
 mod timeouts;
 mod tls;

@@ -415,6 +415,23 @@ pub fn describe_statement(name: &str) -> Vec<u8> {
     message(b'D', &body)
 }
 
+/// Describe of portal `name`.
+pub fn describe_portal(name: &str) -> Vec<u8> {
+    let mut body = vec![b'P'];
+    cstr(&mut body, name);
+    message(b'D', &body)
+}
+
+/// CopyData carrying `data`.
+pub fn copy_data(data: &[u8]) -> Vec<u8> {
+    message(b'd', data)
+}
+
+/// CopyDone.
+pub fn copy_done() -> Vec<u8> {
+    message(b'c', b"")
+}
+
 /// Close of prepared statement `name`.
 pub fn close_statement(name: &str) -> Vec<u8> {
     let mut body = vec![b'S'];

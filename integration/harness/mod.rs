@@ -6,7 +6,7 @@
 //! - [`psql`], [`pgbench`], [`connect`]: clients for any [`Endpoint`] (sluice or PostgreSQL).
 //! - [`TlsFiles`] / [`Ca`]: certificates made with rcgen; [`Postgres::shared_tls`] is a
 //!   second server that accepts only TLS; [`Postgres::shared_standby`] a streaming standby
-//!   of the first.
+//!   of the first, and [`Postgres::new_standby`] one a test owns (and may promote).
 //!
 //! Compiled into two crates — the `integration` test binary and the `demo` example — each
 //! using a different part of it, so unused items and re-exports are expected here.

@@ -130,6 +130,16 @@ impl Postgres {
         }
     }
 
+    /// A new hot standby of [`Postgres::shared`], made like [`Postgres::shared_standby`]
+    /// (`pg_basebackup -R`, streaming from the primary) but owned by the caller, for a
+    /// test that changes it (e.g. promotes it): dropping it stops the server and removes
+    /// its directory. Roles and databases the primary has when it is made are there at
+    /// once. Panics with PostgreSQL's log if it cannot be started.
+    pub fn new_standby() -> Postgres {
+        start(Flavor::Standby)
+            .unwrap_or_else(|e| panic!("a new standby PostgreSQL did not start: {e}"))
+    }
+
     /// The PEM file of the CA that signed the certificate of [`Postgres::shared_tls`];
     /// `None` for a server without TLS.
     pub fn tls_ca_file(&self) -> Option<&Path> {
@@ -266,8 +276,9 @@ impl Postgres {
         verifier
     }
 
-    /// Stops the server and removes its directory now, instead of when the process exits.
-    /// The shared server is unusable afterwards: for the demo's orderly exit, not for tests.
+    /// Stops the server and removes its directory now, instead of when the process exits
+    /// (or, for an owned instance, when it is dropped). A shared server is unusable
+    /// afterwards: for the demo's orderly exit, not for tests.
     pub fn shutdown(&self) {
         let taken = self.watchdog.lock().ok().and_then(|mut w| w.take());
         if let Some(Watchdog { mut child, stdin }) = taken {
@@ -292,6 +303,14 @@ impl Postgres {
                 .to_owned()),
             false => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
         }
+    }
+}
+
+/// Stops the server of an owned instance ([`Postgres::new_standby`]). The shared ones live
+/// in statics, which are never dropped: their watchdogs clean up when the process exits.
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.shutdown();
     }
 }
 
