@@ -33,6 +33,14 @@ use tracing::{debug, info};
 /// How long forwarding one cancel to a server may take.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A tenant's pinned clients.
+#[derive(Default)]
+pub struct Pinned {
+    pub clients: u32,
+    /// Per reason of [`PIN_REASONS`] (a client pinned for two reasons counts in both).
+    pub by_reason: [u32; PIN_REASONS.len()],
+}
+
 /// Every logged-in client's cancel target, by the pid of its sluice-issued key.
 #[derive(Default)]
 pub struct CancelRegistry {
@@ -104,9 +112,9 @@ impl CancelRegistry {
         waits
     }
 
-    /// Pinned clients per tenant (database, user), counted per pin reason.
-    pub fn pinned(&self) -> HashMap<(String, String), [u32; PIN_REASONS.len()]> {
-        let mut pinned: HashMap<(String, String), [u32; PIN_REASONS.len()]> = HashMap::new();
+    /// Pinned clients per tenant (database, user): how many, and how many per reason.
+    pub fn pinned(&self) -> HashMap<(String, String), Pinned> {
+        let mut pinned: HashMap<(String, String), Pinned> = HashMap::new();
         for target in lock(&self.clients).values() {
             let client = &target.client;
             let bits = client.pins();
@@ -114,8 +122,9 @@ impl CancelRegistry {
                 continue;
             }
             let key = (client.database.clone(), client.user.clone());
-            let counts = pinned.entry(key).or_default();
-            for (i, count) in counts.iter_mut().enumerate() {
+            let tenant = pinned.entry(key).or_default();
+            tenant.clients += 1;
+            for (i, count) in tenant.by_reason.iter_mut().enumerate() {
                 *count += u32::from(bits & (1 << i) != 0);
             }
         }

@@ -169,7 +169,7 @@ pub enum Answer {
 }
 
 /// What one server connection owes and is doing. See the module docs.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Exchange {
     queue: VecDeque<Run>,
     phase: Phase,

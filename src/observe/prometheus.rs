@@ -7,6 +7,7 @@
 //!
 //! Read-only, except the process-wide recorder it installs at start.
 
+use crate::cancel::Pinned;
 use crate::shared::Shared;
 use crate::stats::PIN_REASONS;
 use crate::tenant::Tenant;
@@ -254,7 +255,7 @@ fn labelled(
 fn render_pinned(
     out: &mut String,
     tenants: &[&Arc<Tenant>],
-    pinned: &HashMap<(String, String), [u32; PIN_REASONS.len()]>,
+    pinned: &HashMap<(String, String), Pinned>,
 ) {
     let name = "sluice_pinned_clients";
     family(
@@ -271,7 +272,7 @@ fn render_pinned(
         let Some(counts) = pinned.get(&key) else {
             continue;
         };
-        for (reason, count) in PIN_REASONS.iter().zip(counts) {
+        for (reason, count) in PIN_REASONS.iter().zip(&counts.by_reason) {
             if *count > 0 {
                 labelled(
                     out,

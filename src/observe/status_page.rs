@@ -54,6 +54,7 @@ pub fn render(shared: &Shared) -> String {
     }
     html.push_str("</table>\n");
 
+    let pinned = shared.clients.pinned();
     let mut busiest: Vec<_> = tenants.iter().collect();
     busiest.sort_by_key(|t| {
         let status = t.pool.status();
@@ -61,19 +62,22 @@ pub fn render(shared: &Shared) -> String {
     });
     html.push_str(
         "<h2>Busiest tenants</h2><table><tr><th>tenant</th><th>cluster</th><th>clients</th>\
-         <th>waiting</th><th>servers (active / pool size)</th><th>transactions</th>\
-         <th>wait p99</th></tr>\n",
+         <th>waiting</th><th>pinned</th><th>servers (active / pool size)</th>\
+         <th>transactions</th><th>wait p99</th></tr>\n",
     );
     for tenant in busiest.into_iter().take(BUSIEST) {
         let status = tenant.pool.status();
         let settings = &tenant.settings;
+        let key = (settings.database.clone(), settings.user.clone());
+        let pinned_clients = pinned.get(&key).map_or(0, |p| p.clients);
         let _ = writeln!(
             html,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} ({} / {})</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} ({} / {})</td><td>{}</td><td>{}</td></tr>",
             escape(&tenant.name()),
             escape(&settings.cluster),
             tenant.client_count(),
             tenant.stats.clients_waiting.load(Relaxed),
+            pinned_clients,
             status.size,
             status.size.saturating_sub(status.available),
             settings.pool_size,
