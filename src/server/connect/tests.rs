@@ -209,3 +209,47 @@ async fn a_plaintext_password_derives_its_scram_keys_once_per_salt() {
     let (_, proven) = log_in(Demand::Scram(verifier()), wrong).await;
     assert!(!proven);
 }
+
+#[test]
+fn server_sockets_get_keepalive_and_a_user_timeout() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let options = TcpOptions {
+            keepalive: Duration::from_secs(42),
+            user_timeout: Duration::from_secs(7),
+        };
+        options.apply(&tcp).unwrap();
+        let socket = socket2::SockRef::from(&tcp);
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(
+            socket.tcp_keepalive_time().unwrap(),
+            Duration::from_secs(42)
+        );
+        assert_eq!(socket.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
+        assert_eq!(socket.tcp_keepalive_retries().unwrap(), KEEPALIVE_RETRIES);
+        assert_eq!(
+            socket.tcp_user_timeout().unwrap(),
+            Some(Duration::from_secs(7))
+        );
+        // Zero turns keepalive off and leaves the kernel's user timeout.
+        let tcp = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        TcpOptions {
+            keepalive: Duration::ZERO,
+            user_timeout: Duration::ZERO,
+        }
+        .apply(&tcp)
+        .unwrap();
+        let socket = socket2::SockRef::from(&tcp);
+        assert!(!socket.keepalive().unwrap());
+        assert_eq!(socket.tcp_user_timeout().unwrap(), None);
+    });
+}
