@@ -45,8 +45,10 @@ pub struct Tokens<'a> {
     at: usize,
 }
 
+/// Whitespace, and NUL: a query string ends at a NUL for PostgreSQL, and a trailing one is
+/// no statement.
 fn is_space(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c | 0)
 }
 
 fn is_ident_start(b: u8) -> bool {
@@ -199,19 +201,14 @@ impl<'a> Tokens<'a> {
                 self.at += 2;
                 self.skip_quoted(quote, false);
                 if quote == b'"' {
-                    Token::QuotedIdent(&self.text[start + 3..self.at.saturating_sub(1)])
+                    Token::QuotedIdent(quoted_name(&self.text[start + 3..self.at]))
                 } else {
                     Token::String(&self.text[start..self.at])
                 }
             }
             b'"' => {
                 self.skip_quoted(b'"', false);
-                let end = if self.text[start + 1..self.at].ends_with(b"\"") {
-                    self.at - 1
-                } else {
-                    self.at
-                };
-                Token::QuotedIdent(&self.text[start + 1..end.max(start + 1)])
+                Token::QuotedIdent(quoted_name(&self.text[start + 1..self.at]))
             }
             b'$' => match self.dollar_tag_len() {
                 Some(tag_len) => {
@@ -262,6 +259,12 @@ impl<'a> Tokens<'a> {
         };
         Some((start, token))
     }
+}
+
+/// A quoted identifier's name: what follows its opening quote, less the closing one (an
+/// unterminated name runs to the end).
+fn quoted_name(after_quote: &[u8]) -> &[u8] {
+    after_quote.strip_suffix(b"\"").unwrap_or(after_quote)
 }
 
 /// The statements of a query string, split at the semicolons outside quotes and comments;
@@ -318,9 +321,7 @@ pub fn first_word(text: &[u8]) -> Option<&[u8]> {
 /// also answers true, and the caller then splits with [`statements`].
 pub fn may_have_several_statements(text: &[u8]) -> bool {
     match text.iter().position(|&b| b == b';') {
-        Some(at) => text[at + 1..]
-            .iter()
-            .any(|&b| !is_space(b) && b != b';' && b != 0),
+        Some(at) => text[at + 1..].iter().any(|&b| !is_space(b) && b != b';'),
         None => false,
     }
 }

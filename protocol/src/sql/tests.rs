@@ -79,6 +79,9 @@ fn unterminated_quotes_and_comments_run_to_the_end() {
     );
     assert_eq!(split("select 1 /* ; discard all"), ["select 1"]);
     assert_eq!(words("\"unterminated"), ["\"unterminated\""]);
+    // Found by the fuzz target: an unterminated U&"…" right at the end.
+    assert_eq!(words("$\0\0\0&U&\""), ["other:$", "other:&", "\"\""]);
+    assert_eq!(words("U&\"ab"), ["\"ab\""]);
 }
 
 #[test]
@@ -90,6 +93,8 @@ fn statements_are_split_outside_quotes_and_empty_ones_dropped() {
     assert_eq!(split("   "), Vec::<String>::new());
     assert_eq!(split("select 1"), ["select 1"]);
     assert_eq!(split("a;b"), ["a", "b"]);
+    // Found by the fuzz target: a NUL is no statement.
+    assert_eq!(split("\u{1};\0"), ["\u{1}"]);
 }
 
 #[test]
