@@ -369,3 +369,39 @@ async fn an_unopenable_server_fails_every_waiting_client_within_one_connect_time
     holder.abort();
     assert_alive(&mut sluice);
 }
+
+/// A server that refuses sluice's login: the client learns the SQLSTATE and that the server
+/// refused, never the server's own words (which may describe pg_hba rules or roles); those
+/// go to sluice's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_login_failure_reaches_the_client_without_the_servers_text() {
+    let pg = Postgres::shared();
+    let tenant = pg.create_tenant("err_server_login");
+    let config = SluiceConfig::new(pg).tenant(
+        Tenant::new(&tenant)
+            .server_password("not the server password")
+            .pool_size(1),
+    );
+    let mut sluice = Sluice::start(&config);
+    let (code, message) =
+        login_error(&sluice, &tenant.user, &tenant.password, &tenant.database).await;
+    assert_eq!(code, "28P01", "{message}");
+    assert!(
+        !message.contains("password authentication failed"),
+        "the server's text reached the client: {message}"
+    );
+    assert!(
+        message.contains(&tenant.user),
+        "names the tenant: {message}"
+    );
+    // Logged as the session ends, just after the client got its error.
+    let logged =
+        crate::harness::poll_until(Duration::from_secs(5), Duration::from_millis(20), || {
+            sluice
+                .log()
+                .contains("password authentication failed")
+                .then_some(())
+        });
+    assert!(logged.is_some(), "the server's reason is in sluice's log");
+    assert_alive(&mut sluice);
+}

@@ -148,12 +148,17 @@ impl SessionError {
             SessionError::ServerUnavailable { source, tenant }
                 if matches!(**source, ConnectError::Rejected { .. }) =>
             {
-                let ConnectError::Rejected { code, message } = &**source else {
+                let ConnectError::Rejected { code, .. } = &**source else {
                     unreachable!("matched above")
                 };
+                // The server's own text may describe its pg_hba rules or roles: it stays
+                // in sluice's log.
                 return Some((
                     code,
-                    format!("server refused login for tenant {tenant}: {message}"),
+                    format!(
+                        "the server refused sluice's login for tenant {tenant} (its reason is in \
+                         sluice's log)"
+                    ),
                 ));
             }
             SessionError::ServerUnavailable { tenant, .. } => {
