@@ -14,6 +14,10 @@ use super::{
     TenantConfig,
 };
 
+/// The longest any duration setting may be: 100 years, far beyond any useful timeout and
+/// far below what would overflow `Instant` arithmetic (which panics).
+const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// Database names that reach the admin console instead of a tenant.
 const RESERVED_DATABASES: [&str; 2] = ["sluice", "pgbouncer"];
 
@@ -85,6 +89,13 @@ impl Checker<'_> {
         }
     }
 
+    /// Durations must stay far from what would overflow the clock's arithmetic.
+    fn bounded(&mut self, path: &[&str], value: Duration) {
+        if value > MAX_DURATION {
+            self.fail(path, "must be at most 100 years".to_owned());
+        }
+    }
+
     fn positive(&mut self, path: &[&str], value: Duration) {
         if value.is_zero() {
             self.fail(path, "must be greater than 0".to_owned());
@@ -117,6 +128,8 @@ impl Checker<'_> {
         self.address(&["metrics_listen"], &config.metrics_listen);
         self.positive(&["client_login_timeout"], config.client_login_timeout);
         self.positive(&["shutdown_timeout"], config.shutdown_timeout);
+        self.bounded(&["client_login_timeout"], config.client_login_timeout);
+        self.bounded(&["shutdown_timeout"], config.shutdown_timeout);
         if config.client_tls != ClientTlsMode::Disable {
             for (key, file) in [
                 ("client_tls_cert_file", &config.client_tls_cert_file),
@@ -170,6 +183,20 @@ impl Checker<'_> {
             &["defaults", "server_connect_timeout"],
             d.server_connect_timeout,
         );
+        for (name, value) in [
+            ("reserve_pool_timeout", d.reserve_pool_timeout),
+            ("query_wait_timeout", d.query_wait_timeout),
+            ("server_connect_timeout", d.server_connect_timeout),
+            ("query_timeout", d.query_timeout),
+            ("query_cancel_grace", d.query_cancel_grace),
+            ("pinned_idle_timeout", d.pinned_idle_timeout),
+            ("idle_transaction_timeout", d.idle_transaction_timeout),
+            ("client_idle_timeout", d.client_idle_timeout),
+            ("server_idle_timeout", d.server_idle_timeout),
+            ("server_lifetime", d.server_lifetime),
+        ] {
+            self.bounded(&["defaults", name], value);
+        }
     }
 
     fn clusters(&mut self, config: &Config) {
@@ -185,6 +212,17 @@ impl Checker<'_> {
                 &["clusters", name, "max_server_connections"],
                 cluster.max_server_connections,
             );
+            for (key, value) in [
+                ("server_tcp_keepalive", cluster.server_tcp_keepalive),
+                ("server_tcp_user_timeout", cluster.server_tcp_user_timeout),
+                ("auth_cache_ttl", cluster.auth_cache_ttl),
+                (
+                    "dynamic_tenant_idle_timeout",
+                    cluster.dynamic_tenant_idle_timeout,
+                ),
+            ] {
+                self.bounded(&["clusters", name, key], value);
+            }
             let verifies = matches!(
                 cluster.tls,
                 ServerTlsMode::VerifyCa | ServerTlsMode::VerifyFull
@@ -268,6 +306,22 @@ impl Checker<'_> {
         }
         if let Some(timeout) = tenant.server_connect_timeout {
             self.positive(&key("server_connect_timeout"), timeout);
+        }
+        for (name, value) in [
+            ("reserve_pool_timeout", tenant.reserve_pool_timeout),
+            ("query_wait_timeout", tenant.query_wait_timeout),
+            ("server_connect_timeout", tenant.server_connect_timeout),
+            ("query_timeout", tenant.query_timeout),
+            ("query_cancel_grace", tenant.query_cancel_grace),
+            ("pinned_idle_timeout", tenant.pinned_idle_timeout),
+            ("idle_transaction_timeout", tenant.idle_transaction_timeout),
+            ("client_idle_timeout", tenant.client_idle_timeout),
+            ("server_idle_timeout", tenant.server_idle_timeout),
+            ("server_lifetime", tenant.server_lifetime),
+        ] {
+            if let Some(value) = value {
+                self.bounded(&key(name), value);
+            }
         }
 
         let settings = tenant.effective(&config.defaults);

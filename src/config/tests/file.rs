@@ -387,6 +387,17 @@ fn validation_errors_name_key_and_file() {
         ),
         (tenant("query_wait_timeout = \"0s\""), "tenants[0].query_wait_timeout: must be greater than 0"),
         (tenant("server_connect_timeout = \"0s\""), "tenants[0].server_connect_timeout: must be greater than 0"),
+        // Durations long enough to overflow the clock's arithmetic.
+        (
+            format!("[defaults]\nquery_timeout = \"600000000years\"\n{MINIMAL}"),
+            "defaults.query_timeout: must be at most 100 years",
+        ),
+        (tenant("idle_transaction_timeout = \"18446744073709551615s\""), "tenants[0].idle_transaction_timeout: must be at most 100 years"),
+        (format!("shutdown_timeout = \"200years\"\n{MINIMAL}"), "shutdown_timeout: must be at most 100 years"),
+        (
+            MINIMAL.replace("host = \"db.internal\"", "host = \"db\"\nserver_tcp_keepalive = \"1000years\""),
+            "clusters.main.server_tcp_keepalive: must be at most 100 years",
+        ),
         (
             format!("listen = \"localhost\"\n{MINIMAL}"),
             "listen: \"localhost\" is not host:port (IPv6 hosts in brackets: [::1]:6432)",
