@@ -268,3 +268,6 @@ impl CancelTarget {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
