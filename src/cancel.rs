@@ -295,3 +295,6 @@ impl CancelTarget {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -33,6 +33,8 @@ mod session;
 mod shared;
 mod stats;
 mod tenant;
+#[cfg(test)]
+mod test_support;
 mod tls;
 
 use anyhow::Context;

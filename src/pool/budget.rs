@@ -265,6 +265,30 @@ impl Budget {
         self.insert_holder(&mut self.lock(), claimant.clone());
     }
 
+    /// The claimant of `membership` no longer wants a place (no client of it waits any
+    /// more): it leaves the queue. A claimant left there would count in every fair share
+    /// and make others yield their connections to it, only to hand the place back.
+    pub fn withdraw(&self, membership: &Membership) {
+        let mut state = self.lock();
+        if !membership.queued.swap(false, Relaxed) {
+            return;
+        }
+        // Queued at most once (`Membership::queued`).
+        let at = state
+            .queue
+            .iter()
+            .position(|c| c.membership().id == membership.id);
+        let removed = at.and_then(|at| state.queue.remove(at));
+        if !state.holders.contains_key(&membership.id) {
+            self.demand.fetch_sub(1, Relaxed);
+        }
+        self.queued.store(state.queue.len(), Relaxed);
+        drop(state);
+        // Dropped outside the lock: were it the claimant's last reference, its drop
+        // would take the lock.
+        drop(removed);
+    }
+
     /// The claimant of `membership` holds no place any more.
     pub fn remove_holder(&self, membership: &Membership) {
         let mut state = self.lock();

@@ -202,6 +202,7 @@ impl Lease {
 }
 
 /// Removes a waiter that stops waiting, and passes on anything granted to it meanwhile.
+/// The last waiter to go takes the pool out of the budget's queue.
 struct Waiting<'a> {
     pool: &'a Arc<Pool>,
     id: u64,
@@ -214,6 +215,9 @@ impl Drop for Waiting<'_> {
             let mut state = self.pool.lock();
             state.waiters.retain(|w| w.id != self.id);
             state.asked = state.asked.min(state.waiters.len());
+            if state.waiters.is_empty() {
+                self.pool.budget().withdraw(&self.pool.membership);
+            }
         }
         self.grant.close();
         match self.grant.try_recv() {
@@ -472,6 +476,7 @@ impl Pool {
                 return;
             }
             state.asked = 0;
+            self.budget().withdraw(&self.membership);
             std::mem::take(&mut state.waiters)
         };
         for waiter in waiters {
@@ -747,3 +752,6 @@ async fn sleep_until_some(at: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -71,6 +71,9 @@ async fn reset_steps(
     conn.stream.write_all(unsent).await?;
     let mut out = BytesMut::new();
     let copying = conn.exchange.awaits_copy_data();
+    // Decided before the reset records messages of its own, which make the exchange busy
+    // but need no cancel. Nor does a COPY FROM STDIN waiting for data: CopyFail ends it.
+    let running = conn.exchange.is_busy() && !copying;
     if copying {
         fail_copy(conn, &mut out);
     }
@@ -84,7 +87,7 @@ async fn reset_steps(
         sent(conn, b'S');
     }
     flush(&mut conn.stream, &mut out).await?;
-    if conn.exchange.is_busy() && !copying {
+    if running {
         cancel_query(conn.addr, conn.cancel_key).await?;
     }
     drain(conn).await?;
@@ -162,3 +165,6 @@ async fn drain(conn: &mut ServerConn) -> Result<(), ResetError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
