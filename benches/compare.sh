@@ -24,6 +24,11 @@
 #   BENCH_SCALE [10]          pgbench -i scale
 #   BENCH_OUT [target/bench]  where the CSV and the table go
 #   BENCH_KEEP [0]            1 keeps the temp dir (logs, configs) for a look afterwards
+#   BENCH_SLUICE_BASE []      a git revision: also build that revision's sluice (release, in a
+#                             git worktree of its own with the target dir target/bench-base/,
+#                             kept per commit and reused) and run it as the target sluice-base,
+#                             with sluice's config, in the same alternation; the table gets a
+#                             sluice-base column and a sluice/base ratio. Unset: no baseline
 # The whole script is one brace group: bash reads it to the end before running any of it, so
 # editing (or checking out another version of) this file mid-run cannot change what runs.
 {
@@ -113,7 +118,16 @@ for bin in "${pgb_bins[@]}"; do
         pgb_prepared_of[$label]=0
     fi
 done
-proxies=(sluice "${pgb_targets[@]}")
+# The optional baseline: another revision's sluice, run beside the current one.
+base_rev=${BENCH_SLUICE_BASE:-}
+base_commit=
+sluices=(sluice)
+if [[ -n $base_rev ]]; then
+    base_commit=$(git -C "$repo" rev-parse --verify -q "$base_rev^{commit}") ||
+        die "BENCH_SLUICE_BASE=$base_rev is not a commit of this repository"
+    sluices+=(sluice-base)
+fi
+proxies=("${sluices[@]}" "${pgb_targets[@]}")
 targets=("${proxies[@]}" direct)
 
 bindir=
@@ -123,14 +137,6 @@ else
     bindir=$(find /usr/lib/postgresql -path '*/bin/initdb' 2>/dev/null | sort -V | tail -1 | xargs -r dirname)
 fi
 [[ -x $bindir/initdb && -x $bindir/pg_ctl ]] || die "PostgreSQL's initdb/pg_ctl not found"
-
-log "building sluice and the load generator (release)"
-cargo build --release --bin sluice
-target_dir=${CARGO_TARGET_DIR:-target}
-sluice_bin=$target_dir/release/sluice
-loadgen=$(cargo bench --no-run --bench loadgen --message-format=json-render-diagnostics |
-    sed -n 's/.*"executable":"\([^"]*\/loadgen-[^"]*\)".*/\1/p' | tail -1)
-[[ -x $sluice_bin && -x $loadgen ]] || die "build products not found ($sluice_bin, $loadgen)"
 
 # ---------------------------------------------------------------- limits, temp dir, cleanup
 hard=$(ulimit -Hn)
@@ -154,9 +160,10 @@ tmp=$(mktemp -d /tmp/sluice-bench.XXXXXX)
 chmod 755 "$tmp"
 mkdir -p "$tmp/logs" "$tmp/out"
 [[ ${#as_postgres[@]} == 0 ]] || chown postgres "$tmp"
-sluice_pid=
+sluice_pids=()
 pgb_pids=()
 pg_started=0
+base_worktree=
 
 stop_pid() {
     local pid=$1 sig=$2
@@ -173,13 +180,17 @@ cleanup() {
     local rc=$?
     set +e
     trap - EXIT INT TERM
-    stop_pid "$sluice_pid" TERM
+    for pid in "${sluice_pids[@]}"; do stop_pid "$pid" TERM; done
     for pid in "${pgb_pids[@]}"; do stop_pid "$pid" TERM; done
+    if [[ -n $base_worktree ]]; then
+        git -C "$repo" worktree remove --force "$base_worktree" >/dev/null 2>&1 || rm -rf "$base_worktree"
+        git -C "$repo" worktree prune
+    fi
     if ((pg_started)); then
         "${as_postgres[@]}" "$bindir/pg_ctl" -D "$tmp/data" -m immediate -w stop >/dev/null 2>&1
     fi
     if ((rc != 0)); then
-        for f in "$tmp"/postgres.log "$tmp"/sluice.log "$tmp"/pgbouncer-*.log "$tmp"/pgbouncer-*.out; do
+        for f in "$tmp"/postgres.log "$tmp"/sluice*.log "$tmp"/pgbouncer-*.log "$tmp"/pgbouncer-*.out; do
             [[ -s $f ]] && { echo "--- tail of $f" >&2; tail -20 "$f" >&2; }
         done
     fi
@@ -193,6 +204,40 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+
+# ---------------------------------------------------------------- build
+log "building sluice and the load generator (release)"
+cargo build --release --bin sluice
+target_dir=${CARGO_TARGET_DIR:-target}
+sluice_bin=$target_dir/release/sluice
+loadgen=$(cargo bench --no-run --bench loadgen --message-format=json-render-diagnostics |
+    sed -n 's/.*"executable":"\([^"]*\/loadgen-[^"]*\)".*/\1/p' | tail -1)
+[[ -x $sluice_bin && -x $loadgen ]] || die "build products not found ($sluice_bin, $loadgen)"
+
+# The baseline: built once per commit in a worktree of its own (removed after the build) with a
+# target dir of its own, so neither build invalidates the other's; the binary is kept under the
+# commit's name and reused.
+base_bin=
+if [[ -n $base_commit ]]; then
+    mkdir -p "$target_dir/bench-base"
+    base_dir=$(cd "$target_dir/bench-base" && pwd)
+    base_bin=$base_dir/sluice-$base_commit
+    if [[ -x $base_bin ]]; then
+        log "baseline sluice ${base_commit:0:7} ($base_rev): reusing $base_bin"
+    else
+        log "building the baseline sluice ${base_commit:0:7} ($base_rev, release) in $base_dir"
+        base_worktree=$base_dir/src
+        # Left over by a run that was killed outright.
+        git -C "$repo" worktree remove --force "$base_worktree" >/dev/null 2>&1 || rm -rf "$base_worktree"
+        git -C "$repo" worktree prune
+        git -C "$repo" worktree add -q --detach "$base_worktree" "$base_commit"
+        (cd "$base_worktree" && CARGO_TARGET_DIR=$base_dir/target cargo build --release --bin sluice)
+        cp "$base_dir/target/release/sluice" "$base_bin.partial"
+        mv "$base_bin.partial" "$base_bin"
+        git -C "$repo" worktree remove --force "$base_worktree"
+        base_worktree=
+    fi
+fi
 
 # Ports below the kernel's ephemeral range, so no outgoing connection holds the one we pick.
 read -r ephemeral_low _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || ephemeral_low=32768
@@ -307,13 +352,11 @@ while read -r name secret; do verifier[$name]=$secret; done <"$tmp/verifiers"
 [[ ${verifier[bench]:-} == SCRAM-SHA-256* ]] || die "no SCRAM verifier for bench"
 
 # ---------------------------------------------------------------- sluice
-sluice_port=$(free_port)
-metrics_port=$(free_port)
+# One config for sluice and the baseline; only the ports differ.
+declare -A port_of=([direct]=$pg_port)
+declare -A pid_of=([direct]="")
 {
     cat <<EOF
-listen = "127.0.0.1:$sluice_port"
-metrics_listen = "127.0.0.1:$metrics_port"
-
 [defaults]
 pool_mode = "transaction"
 pool_size = $pool
@@ -346,12 +389,27 @@ EOF
         printf '\n[[tenants]]\ndatabase = "tdb%03d"\nuser = "%s"\ncluster = "many"\npassword = "%s"\nserver_password = "%s"\n' \
             $((i / per_db)) "$user" "${verifier[$user]}" "$tenant_password"
     done
-} >"$tmp/sluice.toml"
-"$sluice_bin" --check-config "$tmp/sluice.toml" >/dev/null
-SLUICE_LOG=warn "$sluice_bin" --config "$tmp/sluice.toml" >"$tmp/sluice.log" 2>&1 &
-sluice_pid=$!
-wait_ready sluice "$sluice_port" "$sluice_pid"
-log "sluice $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo '?') on port $sluice_port (pid $sluice_pid)"
+} >"$tmp/sluice-common.toml"
+start_sluice() { # target binary revision
+    local target=$1 bin=$2 rev=$3 port metrics pid
+    port=$(free_port)
+    metrics=$(free_port)
+    {
+        printf 'listen = "127.0.0.1:%s"\nmetrics_listen = "127.0.0.1:%s"\n\n' "$port" "$metrics"
+        cat "$tmp/sluice-common.toml"
+    } >"$tmp/$target.toml"
+    "$bin" --check-config "$tmp/$target.toml" >/dev/null
+    SLUICE_LOG=warn "$bin" --config "$tmp/$target.toml" >"$tmp/$target.log" 2>&1 &
+    pid=$!
+    sluice_pids+=("$pid")
+    wait_ready "$target" "$port" "$pid"
+    port_of[$target]=$port
+    pid_of[$target]=$pid
+    log "sluice $rev ($target) on port $port (pid $pid)"
+}
+sluice_rev=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo '?')
+start_sluice sluice "$sluice_bin" "$sluice_rev"
+[[ -z $base_bin ]] || start_sluice sluice-base "$base_bin" "${base_commit:0:7}"
 
 # ---------------------------------------------------------------- PgBouncer
 # One auth_file for all; each PgBouncer gets its own ini, log and port, and the same settings
@@ -363,8 +421,6 @@ log "sluice $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo '?') on 
 } >"$tmp/userlist.txt"
 [[ ${#as_postgres[@]} == 0 ]] || chown postgres "$tmp/userlist.txt"
 per_db_budget=$(((budget + dbs - 1) / dbs))
-declare -A port_of=([sluice]=$sluice_port [direct]=$pg_port)
-declare -A pid_of=([sluice]=$sluice_pid [direct]="")
 start_pgbouncer() { # target
     local target=$1 port pid
     local ini=$tmp/$target.ini
@@ -572,10 +628,13 @@ fmt() {
         echo "-"
     fi
 }
-# Columns: each target's figure, then sluice over each PgBouncer and over direct.
-ratio_of=("${pgb_targets[@]}" direct)
+# Columns: each target's figure, then sluice over every other target (the baseline, each
+# PgBouncer, direct).
 headers=(metric "${targets[@]}")
-for t in "${ratio_of[@]}"; do headers+=("sluice/${t/#pgbouncer-/pgb}"); done
+for t in "${targets[@]:1}"; do
+    t=${t/#pgbouncer-/pgb}
+    headers+=("sluice/${t#sluice-}")
+done
 widths=(32)
 for h in "${headers[@]:1}"; do widths+=($((${#h} > 10 ? ${#h} : 10))); done
 # row_cells KEY: the cells of one metric (figures, then ratios); "" where a figure does not apply.
@@ -606,7 +665,7 @@ print_row() { # cells…
 pgb_versions=
 for t in "${pgb_targets[@]}"; do pgb_versions+=${pgb_versions:+, }${pgb_version_of[$t]}; done
 {
-    echo "sluice benchmark  $(date -u '+%Y-%m-%d %H:%M UTC')  $(nproc) cores  sluice $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo '?')  PgBouncer $pgb_versions  PostgreSQL $("$bindir/postgres" --version | awk '{print $3}')"
+    echo "sluice benchmark  $(date -u '+%Y-%m-%d %H:%M UTC')  $(nproc) cores  sluice $sluice_rev${base_commit:+  sluice-base ${base_commit:0:7} ($base_rev)}  PgBouncer $pgb_versions  PostgreSQL $("$bindir/postgres" --version | awk '{print $3}')"
     echo "pgbench -S -c $clients (direct -c $pool) -j 2 -T $seconds, scale $scale, pool $pool, $rounds rounds alternating; idle clients $idle_clients; tenants $tenants x 2 clients, budget $budget"
     print_row "${headers[@]}"
     for row in "${rows[@]}"; do
